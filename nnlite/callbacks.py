@@ -1,0 +1,851 @@
+"""Callbacks: hooks into ``fit``, ``evaluate`` and ``predict``, with Keras 3's names and behaviour.
+
+A callback is an object whose ``on_*`` methods the training loop calls at fixed points::
+
+    on_train_begin
+        on_epoch_begin(epoch)
+            on_train_batch_begin(batch)   -> on_batch_begin (alias, in the base class)
+            on_train_batch_end(batch, logs)  -> on_batch_end (alias, in the base class)
+            on_test_begin ... on_test_batch_begin/end ... on_test_end   (validation)
+        on_epoch_end(epoch, logs)         logs hold the epoch's metrics and the val_ ones
+    on_train_end
+
+``fit`` wraps the user's callbacks in a `CallbackList`, which adds a `History` (returned by
+``fit``) and, when ``verbose`` is not 0, a `ProgbarLogger` that prints the progress bar.
+
+The model seen by callbacks needs only ``get_weights()``, ``set_weights(weights)`` and a
+``stop_training`` attribute; setting ``model.stop_training = True`` ends training after the
+current epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from nnlite.progbar import Progbar
+
+__all__ = [
+    "Callback",
+    "CallbackList",
+    "EarlyStopping",
+    "History",
+    "LambdaCallback",
+    "ProgbarLogger",
+    "TerminateOnNaN",
+]
+
+Logs = dict[str, Any]
+
+
+def _print_line(message: str) -> None:
+    """Prints one line to the current ``sys.stdout`` and flushes it."""
+    sys.stdout.write(f"{message}\n")
+    sys.stdout.flush()
+
+
+def _pythonify_logs(logs: Logs | None) -> Logs:
+    """Returns a flat copy of ``logs`` with numbers turned into Python floats.
+
+    The key order is kept: the loss first, then the metrics in compile order, then their
+    ``val_`` twins, as the classic Keras notebooks print them. (Keras 3 sorts the keys
+    alphabetically here; nnlite deliberately does not.) Nested dicts are merged into the top
+    level; values ``float()`` rejects are kept as they are.
+    """
+    result: Logs = {}
+    for key, value in (logs or {}).items():
+        if isinstance(value, dict):
+            result.update(_pythonify_logs(value))
+            continue
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            pass
+        result[key] = value
+    return result
+
+
+def _flatten(callbacks: Any) -> list[Callback]:
+    """Flattens nested lists/tuples of callbacks into one list."""
+    if isinstance(callbacks, (list, tuple)):
+        return [cb for item in callbacks for cb in _flatten(item)]
+    return [callbacks]
+
+
+class Callback:
+    """Base class for callbacks; every hook is a no-op to override.
+
+    Attributes:
+        model: The model being trained, set by `set_model`.
+        params: Dict of training parameters (``verbose``, ``epochs``, ``steps``), set by
+            `set_params`.
+        validation_data: Kept for compatibility with older Keras code; always ``None`` here.
+
+    Example:
+        >>> class PrintEpoch(Callback):
+        ...     def on_epoch_end(self, epoch, logs=None):
+        ...         print(epoch, logs)
+    """
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.params: dict[str, Any] | None = None
+        self.validation_data: Any = None
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        """Stores the training parameters.
+
+        Args:
+            params: Dict such as ``{"verbose": 1, "epochs": 10, "steps": 540}``.
+        """
+        self.params = params
+
+    def set_model(self, model: Any) -> None:
+        """Stores the model the callback acts on.
+
+        Args:
+            model: The model being trained, evaluated or used for prediction.
+        """
+        self.model = model
+
+    def on_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Backwards-compatible alias of `on_train_batch_begin`, called by its default body.
+
+        Args:
+            batch: Index of the batch within the epoch.
+            logs: Currently unused (``None`` or empty).
+        """
+
+    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Backwards-compatible alias of `on_train_batch_end`, called by its default body.
+
+        Args:
+            batch: Index of the batch within the epoch.
+            logs: Running means of the epoch's metrics up to this batch.
+        """
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        """Called at the start of every training epoch.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: Currently unused (``None`` or empty).
+        """
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Called at the end of every training epoch.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: The epoch's metrics, plus ``val_``-prefixed ones when validating, e.g.
+                ``{"loss": 0.2, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.88}``.
+        """
+
+    def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Called before every training batch; by default calls `on_batch_begin`.
+
+        Args:
+            batch: Index of the batch within the epoch.
+            logs: Currently unused (``None`` or empty).
+        """
+        self.on_batch_begin(batch, logs=logs)
+
+    def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Called after every training batch; by default calls `on_batch_end`.
+
+        Args:
+            batch: Index of the batch within the epoch.
+            logs: Running means of the epoch's metrics up to this batch.
+        """
+        self.on_batch_end(batch, logs=logs)
+
+    def on_test_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Called before every batch of ``evaluate`` (and of validation inside ``fit``).
+
+        Args:
+            batch: Index of the batch.
+            logs: Currently unused (``None`` or empty).
+        """
+
+    def on_test_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Called after every batch of ``evaluate`` (and of validation inside ``fit``).
+
+        Args:
+            batch: Index of the batch.
+            logs: Running means of the metrics up to this batch.
+        """
+
+    def on_predict_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Called before every batch of ``predict``.
+
+        Args:
+            batch: Index of the batch.
+            logs: Currently unused (``None`` or empty).
+        """
+
+    def on_predict_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Called after every batch of ``predict``.
+
+        Args:
+            batch: Index of the batch.
+            logs: May hold the batch's outputs.
+        """
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """Called once at the start of ``fit``.
+
+        Args:
+            logs: Currently unused (``None`` or empty).
+        """
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        """Called once at the end of ``fit``.
+
+        Args:
+            logs: The logs of the last epoch.
+        """
+
+    def on_test_begin(self, logs: Logs | None = None) -> None:
+        """Called at the start of ``evaluate`` (and of validation inside ``fit``).
+
+        Args:
+            logs: Currently unused (``None`` or empty).
+        """
+
+    def on_test_end(self, logs: Logs | None = None) -> None:
+        """Called at the end of ``evaluate`` (and of validation inside ``fit``).
+
+        Args:
+            logs: The final evaluation metrics.
+        """
+
+    def on_predict_begin(self, logs: Logs | None = None) -> None:
+        """Called at the start of ``predict``.
+
+        Args:
+            logs: Currently unused (``None`` or empty).
+        """
+
+    def on_predict_end(self, logs: Logs | None = None) -> None:
+        """Called at the end of ``predict``.
+
+        Args:
+            logs: Currently unused (``None`` or empty).
+        """
+
+
+class History(Callback):
+    """Records the logs of every epoch; ``fit`` returns this object.
+
+    Attributes:
+        history: Dict mapping each metric name to its list of per-epoch values, e.g.
+            ``{"loss": [0.5, 0.3], "val_loss": [0.6, 0.4]}``. It is kept (and appended to) if the
+            same object is used for several ``fit`` calls.
+        epoch: Indices of the epochs recorded during the latest ``fit`` call.
+
+    Example:
+        >>> history = model.fit(x, y, epochs=3)  # doctest: +SKIP
+        >>> history.history["loss"]  # doctest: +SKIP
+        [0.52, 0.31, 0.24]
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: dict[str, list[Any]] = {}
+        self.epoch: list[int] = []
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """Starts a new list of epoch indices (the ``history`` dict is kept).
+
+        Args:
+            logs: Unused.
+        """
+        self.epoch = []
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Appends the epoch's logs and sets ``model.history`` to this object.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: The epoch's metrics.
+        """
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+        if self.model is not None:
+            self.model.history = self
+
+
+class ProgbarLogger(Callback):
+    """Prints the progress bar (`nnlite.progbar.Progbar`) during ``fit``/``evaluate``/``predict``.
+
+    Reads ``verbose`` (``"auto"`` means 1), ``epochs`` and ``steps`` from the params. During
+    ``fit`` it prints ``Epoch i/N`` before each epoch when ``epochs > 1``, then one bar per epoch
+    that ends with the epoch logs (``val_`` metrics included); validation runs are not shown.
+    ``evaluate`` and ``predict`` print one bar each. When ``steps`` is unknown it is learnt from
+    the first epoch.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+        self.progbar: Progbar | None = None
+        self.target: int | None = None
+        self.verbose: int = 1
+        self.epochs: int = 1
+        self._called_in_fit = False
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        """Reads ``verbose``, ``epochs`` and ``steps``.
+
+        Args:
+            params: Training parameters.
+        """
+        super().set_params(params)
+        verbose = params.get("verbose", 1)
+        self.verbose = 1 if verbose == "auto" else verbose
+        self.epochs = params.get("epochs", 1)
+        self.target = params.get("steps")
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """Marks that we are inside ``fit``, where validation runs silently.
+
+        Args:
+            logs: Unused.
+        """
+        self._called_in_fit = True
+
+    def on_test_begin(self, logs: Logs | None = None) -> None:
+        """Starts a bar for ``evaluate`` (not for validation inside ``fit``).
+
+        Args:
+            logs: Unused.
+        """
+        if not self._called_in_fit:
+            self._reset_progbar()
+            self._maybe_init_progbar()
+
+    def on_predict_begin(self, logs: Logs | None = None) -> None:
+        """Starts a bar for ``predict``.
+
+        Args:
+            logs: Unused.
+        """
+        self._reset_progbar()
+        self._maybe_init_progbar()
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        """Starts the epoch's bar and prints ``Epoch i/N`` when there are several epochs.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: Unused.
+        """
+        self._reset_progbar()
+        self._maybe_init_progbar()
+        if self.verbose and self.epochs > 1:
+            _print_line(f"Epoch {epoch + 1}/{self.epochs}")
+
+    def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Redraws the bar with the running means.
+
+        Args:
+            batch: Index of the batch within the epoch.
+            logs: Running means of the epoch's metrics.
+        """
+        self._update_progbar(batch, logs)
+
+    def on_test_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Redraws the ``evaluate`` bar.
+
+        Args:
+            batch: Index of the batch.
+            logs: Running means of the metrics.
+        """
+        if not self._called_in_fit:
+            self._update_progbar(batch, logs)
+
+    def on_predict_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Redraws the ``predict`` bar (outputs are not shown).
+
+        Args:
+            batch: Index of the batch.
+            logs: Ignored.
+        """
+        self._update_progbar(batch, None)
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Finishes the epoch's bar with the epoch logs.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: The epoch's metrics, ``val_`` ones included.
+        """
+        self._finalize_progbar(logs)
+
+    def on_test_end(self, logs: Logs | None = None) -> None:
+        """Finishes the ``evaluate`` bar.
+
+        Args:
+            logs: The final evaluation metrics.
+        """
+        if not self._called_in_fit:
+            self._finalize_progbar(logs)
+
+    def on_predict_end(self, logs: Logs | None = None) -> None:
+        """Finishes the ``predict`` bar.
+
+        Args:
+            logs: Usually ``None``.
+        """
+        self._finalize_progbar(logs)
+
+    def _reset_progbar(self) -> None:
+        self.seen = 0
+        self.progbar = None
+
+    def _maybe_init_progbar(self) -> None:
+        if self.progbar is None:
+            self.progbar = Progbar(target=self.target, verbose=self.verbose, unit_name="step")
+
+    def _update_progbar(self, batch: int, logs: Logs | None) -> None:
+        self._maybe_init_progbar()
+        self.seen = batch + 1  # batches are zero-based, the bar counts steps done
+        if self.verbose == 1:
+            self.progbar.update(self.seen, list((logs or {}).items()), finalize=False)
+
+    def _finalize_progbar(self, logs: Logs | None) -> None:
+        self._maybe_init_progbar()
+        if self.target is None:
+            self.target = self.seen
+            self.progbar.target = self.target
+        self.progbar.update(self.target, list((logs or {}).items()), finalize=True)
+
+
+class CallbackList(Callback):
+    """Calls a list of callbacks together; this is what ``fit``/``evaluate``/``predict`` use.
+
+    Every hook is forwarded to each callback in order. Before forwarding, ``logs`` is copied,
+    flattened and its numbers turned into Python floats, keeping the key order (Keras 3 sorts,
+    hence its alphabetical metric order in the progress bar and in ``History``).
+
+    Args:
+        callbacks: Callbacks (a list, possibly nested) or ``None``.
+        add_history: Append a `History` if ``callbacks`` holds none.
+        add_progbar: Append a `ProgbarLogger` if ``callbacks`` holds none.
+        model: The model; passed to every callback with `set_model`, and given
+            ``model.history`` when a `History` is present.
+        **params: Training parameters (``verbose``, ``epochs``, ``steps``) passed to every
+            callback with `set_params`.
+
+    Attributes:
+        callbacks: The callbacks, defaults included.
+        history: The `History` callback, or ``None``.
+
+    Example:
+        >>> cbs = CallbackList([], add_history=True, model=None, verbose=0, epochs=1, steps=3)
+        >>> cbs.on_train_begin()
+        >>> cbs.on_epoch_end(0, {"loss": 0.5})
+        >>> cbs.history.history
+        {'loss': [0.5]}
+    """
+
+    def __init__(
+        self,
+        callbacks: Iterable[Callback] | Callback | None = None,
+        add_history: bool = False,
+        add_progbar: bool = False,
+        model: Any = None,
+        **params: Any,
+    ) -> None:
+        super().__init__()
+        if callbacks is None:
+            self.callbacks: list[Callback] = []
+        elif isinstance(callbacks, Callback):
+            self.callbacks = [callbacks]
+        else:
+            self.callbacks = _flatten(list(callbacks))
+        self._history: History | None = None
+        self._progbar: ProgbarLogger | None = None
+        self._add_default_callbacks(add_history, add_progbar)
+        self.set_model(model)
+        self.set_params(params)
+
+    @property
+    def history(self) -> History | None:
+        """The `History` callback in the list, or ``None``."""
+        return self._history
+
+    def _add_default_callbacks(self, add_history: bool, add_progbar: bool) -> None:
+        for cb in self.callbacks:
+            if isinstance(cb, ProgbarLogger):
+                self._progbar = cb
+            elif isinstance(cb, History):
+                self._history = cb
+        if self._history is None and add_history:
+            self._history = History()
+            self.callbacks.append(self._history)
+        if self._progbar is None and add_progbar:
+            self._progbar = ProgbarLogger()
+            self.callbacks.append(self._progbar)
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        """Stores ``params`` and, when not empty, passes them to every callback.
+
+        Args:
+            params: Training parameters.
+        """
+        self.params = params
+        if params:
+            for cb in self.callbacks:
+                cb.set_params(params)
+
+    def set_model(self, model: Any) -> None:
+        """Passes ``model`` to every callback (``None`` is ignored) and sets ``model.history``.
+
+        Args:
+            model: The model.
+        """
+        if model is None:
+            return
+        super().set_model(model)
+        if self._history is not None:
+            model.history = self._history
+        for cb in self.callbacks:
+            cb.set_model(model)
+
+    def _call_batch_hook(self, hook: str, batch: int, logs: Logs | None) -> None:
+        logs = _pythonify_logs(logs)
+        for cb in self.callbacks:
+            getattr(cb, hook)(batch, logs=logs)
+
+    def _call_epoch_hook(self, hook: str, epoch: int, logs: Logs | None) -> None:
+        logs = _pythonify_logs(logs)
+        for cb in self.callbacks:
+            getattr(cb, hook)(epoch, logs)
+
+    def _call_hook(self, hook: str, logs: Logs | None) -> None:
+        logs = _pythonify_logs(logs)
+        for cb in self.callbacks:
+            getattr(cb, hook)(logs)
+
+    def on_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_batch_begin`."""
+        self._call_batch_hook("on_batch_begin", batch, logs)
+
+    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_batch_end`."""
+        self._call_batch_hook("on_batch_end", batch, logs)
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_epoch_begin`."""
+        self._call_epoch_hook("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_epoch_end`."""
+        self._call_epoch_hook("on_epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_train_batch_begin`."""
+        self._call_batch_hook("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_train_batch_end`."""
+        self._call_batch_hook("on_train_batch_end", batch, logs)
+
+    def on_test_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_test_batch_begin`."""
+        self._call_batch_hook("on_test_batch_begin", batch, logs)
+
+    def on_test_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_test_batch_end`."""
+        self._call_batch_hook("on_test_batch_end", batch, logs)
+
+    def on_predict_batch_begin(self, batch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_predict_batch_begin`."""
+        self._call_batch_hook("on_predict_batch_begin", batch, logs)
+
+    def on_predict_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_predict_batch_end`."""
+        self._call_batch_hook("on_predict_batch_end", batch, logs)
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_train_begin`."""
+        self._call_hook("on_train_begin", logs)
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_train_end`."""
+        self._call_hook("on_train_end", logs)
+
+    def on_test_begin(self, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_test_begin`."""
+        self._call_hook("on_test_begin", logs)
+
+    def on_test_end(self, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_test_end`."""
+        self._call_hook("on_test_end", logs)
+
+    def on_predict_begin(self, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_predict_begin`."""
+        self._call_hook("on_predict_begin", logs)
+
+    def on_predict_end(self, logs: Logs | None = None) -> None:
+        """Forwards `Callback.on_predict_end`."""
+        self._call_hook("on_predict_end", logs)
+
+
+# Name fragments of metrics that improve upwards (Keras 3 marks these metrics
+# `_direction = "up"`); any other monitored quantity is minimised in mode "auto".
+_MAXIMIZED_FRAGMENTS = (
+    "acc",
+    "auc",
+    "precision",
+    "recall",
+    "f1_score",
+    "fbeta_score",
+    "iou",
+    "r2_score",
+    "cosine_similarity",
+    "correlation",
+    "sensitivity",
+    "specificity",
+)
+
+
+class EarlyStopping(Callback):
+    """Stops training when a monitored quantity has stopped improving.
+
+    At the end of each epoch (from ``start_from_epoch`` on) the value ``v`` of ``monitor`` is
+    compared with the best so far::
+
+        improved = v - min_delta > best        mode "max"
+        improved = v + min_delta < best        mode "min"    (min_delta taken as |min_delta|)
+
+    An improvement records ``best``, ``best_epoch`` (and the weights when
+    ``restore_best_weights``) and resets the wait counter, but only if ``v`` also improves on
+    ``baseline`` when one is given. Otherwise the counter grows by one; once it reaches
+    ``patience`` (and the epoch is not the first) ``model.stop_training`` is set. At the end of
+    training the best weights are restored when ``restore_best_weights`` is set, whether or not
+    training stopped early.
+
+    Args:
+        monitor: Key of ``logs`` to watch.
+        min_delta: Smallest change that counts as an improvement (its sign is ignored).
+        patience: Number of epochs without improvement after which training stops.
+        verbose: ``1`` prints a line when stopping and when restoring weights.
+        mode: ``"min"``, ``"max"`` or ``"auto"``; ``"auto"`` maximises quantities named like
+            accuracy, AUC, precision, recall, F-scores, IoU, R² or correlations, and minimises
+            everything else (losses, errors).
+        baseline: Value the monitored quantity must beat for the wait counter to reset.
+        restore_best_weights: Restore the weights of the best epoch at the end of training.
+        start_from_epoch: Number of warm-up epochs during which nothing is monitored.
+
+    Raises:
+        ValueError: If ``mode`` is not one of ``"auto"``, ``"min"``, ``"max"``.
+
+    Example:
+        >>> stop = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+        >>> model.fit(x, y, validation_split=0.1, epochs=100, callbacks=[stop])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0,
+        patience: int = 0,
+        verbose: int = 0,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(
+                "Argument `mode` of EarlyStopping must be one of 'auto', 'min', 'max'. "
+                f"Received: mode={mode!r}"
+            )
+        self.monitor = monitor
+        self.mode = mode
+        self.patience = patience
+        self.verbose = verbose
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.maximize = self._infer_maximize()
+        # Stored signed, as Keras does: improvement is always `op(current - min_delta, ref)`.
+        self.min_delta = abs(min_delta) if self.maximize else -abs(min_delta)
+        self.on_train_begin()
+
+    def _infer_maximize(self) -> bool:
+        if self.mode != "auto":
+            return self.mode == "max"
+        name = self.monitor.removeprefix("val_")
+        if name.endswith("loss"):
+            return False
+        return any(fragment in name for fragment in _MAXIMIZED_FRAGMENTS)
+
+    def _is_improvement(self, value: float, reference: float | None) -> bool:
+        if reference is None:
+            return True
+        if self.maximize:
+            return value - self.min_delta > reference
+        return value - self.min_delta < reference
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """Resets the state, so one instance can serve several ``fit`` calls.
+
+        Args:
+            logs: Unused.
+        """
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best: float | None = None
+        self.best_weights: list[Any] | None = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Compares the monitored value with the best so far and stops training if needed.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: The epoch's metrics; must contain ``monitor``.
+        """
+        current = self.get_monitor_value(logs)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            # Nothing saved yet: the current weights are the best we know.
+            self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
+
+        self.wait += 1
+        if self._is_improvement(current, self.best):
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._is_improvement(current, self.baseline):
+                self.wait = 0
+            return
+
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        """Reports the stop and restores the best weights when asked to.
+
+        Args:
+            logs: Unused.
+        """
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            _print_line(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose > 0:
+                _print_line(
+                    "Restoring model weights from the end of the best epoch: "
+                    f"{self.best_epoch + 1}."
+                )
+            self.model.set_weights(self.best_weights)
+
+    def get_monitor_value(self, logs: Logs | None) -> Any:
+        """Returns ``logs[monitor]``, warning (and returning ``None``) when it is missing.
+
+        Args:
+            logs: The epoch's metrics.
+
+        Returns:
+            The monitored value, or ``None``.
+        """
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None:
+            warnings.warn(
+                f"Early stopping conditioned on metric `{self.monitor}` which is not available. "
+                f"Available metrics are: {','.join(logs.keys())}",
+                stacklevel=2,
+            )
+        return value
+
+
+class TerminateOnNaN(Callback):
+    """Stops training as soon as a batch's loss is NaN or infinite.
+
+    Args:
+        raise_error: If ``True``, raise ``RuntimeError`` at once instead of setting
+            ``model.stop_training`` (so ``on_train_end`` of other callbacks does not run).
+    """
+
+    def __init__(self, raise_error: bool = False) -> None:
+        super().__init__()
+        self.raise_error = raise_error
+
+    def on_batch_end(self, batch: int, logs: Logs | None = None) -> None:
+        """Checks ``logs["loss"]``.
+
+        Args:
+            batch: Index of the batch within the epoch.
+            logs: Running means of the epoch's metrics.
+
+        Raises:
+            RuntimeError: If the loss is not finite and ``raise_error`` is set.
+        """
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        if self.raise_error:
+            raise RuntimeError(
+                f"NaN or Inf loss encountered at batch {batch}. "
+                f"Loss value: {loss}. Terminating training immediately."
+            )
+        _print_line(f"Batch {batch}: Invalid loss, terminating training")
+        self.model.stop_training = True
+
+
+class LambdaCallback(Callback):
+    """Builds a callback from plain functions.
+
+    Functions are called with the same arguments as the hooks they replace: ``(epoch, logs)``
+    for epoch hooks, ``(logs)`` for begin/end hooks, ``(batch, logs=...)`` for batch hooks.
+
+    Args:
+        on_epoch_begin: Called at the start of every epoch.
+        on_epoch_end: Called at the end of every epoch.
+        on_train_begin: Called at the start of training.
+        on_train_end: Called at the end of training.
+        on_train_batch_begin: Called before every training batch.
+        on_train_batch_end: Called after every training batch.
+        **kwargs: Any other hook, by name, e.g. ``on_test_end=fn``.
+
+    Example:
+        >>> losses = []
+        >>> cb = LambdaCallback(on_epoch_end=lambda epoch, logs: losses.append(logs["loss"]))
+    """
+
+    def __init__(
+        self,
+        on_epoch_begin: Callable[..., Any] | None = None,
+        on_epoch_end: Callable[..., Any] | None = None,
+        on_train_begin: Callable[..., Any] | None = None,
+        on_train_end: Callable[..., Any] | None = None,
+        on_train_batch_begin: Callable[..., Any] | None = None,
+        on_train_batch_end: Callable[..., Any] | None = None,
+        **kwargs: Callable[..., Any],
+    ) -> None:
+        super().__init__()
+        self.__dict__.update(kwargs)
+        hooks = {
+            "on_epoch_begin": on_epoch_begin,
+            "on_epoch_end": on_epoch_end,
+            "on_train_begin": on_train_begin,
+            "on_train_end": on_train_end,
+            "on_train_batch_begin": on_train_batch_begin,
+            "on_train_batch_end": on_train_batch_end,
+        }
+        for name, fn in hooks.items():
+            if fn is not None:
+                setattr(self, name, fn)

@@ -1,0 +1,175 @@
+"""Command line: ``nnlite train`` and ``nnlite evaluate`` (also ``python -m nnlite ...``).
+
+``nnlite train`` trains the seed baseline on the MNIST files shipped with the package:
+784-50-50-10 (ReLU, softmax), Adam 1e-3, batch 100, 5 epochs, the last 10% of the training set
+held out for validation; it prints Keras-style epoch lines and the test loss and accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "linear")
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 50,50, received {text!r}"
+        ) from None
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive widths, received {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hidden", type=_int_list, default=[50, 50],
+                   help="hidden layer widths, comma-separated (default: 50,50)")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                   help="hidden activation (default: relu)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float type of parameters and data (default: float32)")
+    p.add_argument("--batch-size", type=_positive_int, default=100,
+                   help="samples per step (default: 100)")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="use only the first N training and N test images (quick runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``nnlite`` command."""
+    parser = argparse.ArgumentParser(
+        prog="nnlite", description="Train and evaluate MNIST networks with nnlite."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train an MLP on MNIST and print the test accuracy",
+                           description="Train an MLP on the MNIST data shipped with nnlite.")
+    _add_model_args(train)
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                       help="optimizer (default: adam)")
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3)")
+    train.add_argument("--epochs", type=_positive_int, default=5, help="epochs (default: 5)")
+    train.add_argument("--validation-split", type=float, default=0.1,
+                       help="fraction of the training set held out, from its end (default: 0.1)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
+                       help="0 silent, 1 progress bar, 2 one line per epoch (default: 2)")
+    train.add_argument("--save", metavar="PATH", default=None,
+                       help="write the trained weights to PATH (.npz)")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate saved weights on the MNIST test set",
+                              description="Evaluate weights written by `nnlite train --save`; "
+                              "the layer widths are read from the file.")
+    evaluate.add_argument("--weights", metavar="PATH", required=True,
+                          help="weights file written by `nnlite train --save`")
+    evaluate.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                          help="hidden activation the weights were trained with (default: relu)")
+    evaluate.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=100)
+    evaluate.add_argument("--limit", type=_positive_int, default=None,
+                          help="use only the first N test images")
+    return parser
+
+
+def _load_mnist(limit: int | None, dtype: str):
+    from nnlite.datasets import mnist
+
+    (x_train, y_train), (x_test, y_test) = mnist.load_data()
+    if limit is not None:
+        x_train, y_train, x_test, y_test = (
+            x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
+        )
+    # Scale pixels to [0, 1] once, in the working dtype.
+    x_train = x_train.reshape(len(x_train), -1).astype(dtype) / np.asarray(255, dtype)
+    x_test = x_test.reshape(len(x_test), -1).astype(dtype) / np.asarray(255, dtype)
+    return (x_train, y_train), (x_test, y_test)
+
+
+def build_mlp(hidden, activation: str, seed: int | None = None):
+    """784-hidden...-10 MLP with a softmax output, as ``nnlite train`` trains it."""
+    import nnlite
+
+    layers = [nnlite.Input(shape=(784,))]
+    layers += [nnlite.layers.Dense(units, activation=activation) for units in hidden]
+    layers.append(nnlite.layers.Dense(10, activation="softmax"))
+    return nnlite.Sequential(layers, seed=seed)
+
+
+def cmd_train(args) -> int:
+    import nnlite
+
+    if not 0 <= args.validation_split < 1:
+        raise SystemExit(f"nnlite train: --validation-split must lie in [0, 1), "
+                         f"received {args.validation_split}")
+    nnlite.config.set_floatx(args.dtype)
+    nnlite.utils.set_random_seed(args.seed)
+    (x_train, y_train), (x_test, y_test) = _load_mnist(args.limit, args.dtype)
+    model = build_mlp(args.hidden, args.activation)
+    optimizer = nnlite.optimizers.get(args.optimizer)
+    optimizer.learning_rate = args.lr
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    widths = "-".join(str(w) for w in [784, *args.hidden, 10])
+    print(f"nnlite {nnlite.__version__}: MLP {widths} ({args.activation}, softmax), "
+          f"{args.optimizer} lr={args.lr:g}, batch {args.batch_size}, {args.epochs} epochs, "
+          f"{args.dtype}, backend {nnlite.get_backend().name}")
+    start = time.perf_counter()
+    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+              validation_split=args.validation_split, verbose=args.verbose)
+    seconds = time.perf_counter() - start
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+    print(f"Training time: {seconds:.1f} s ({seconds / args.epochs:.2f} s/epoch)")
+    print(f"Test loss: {loss:.4f} - Test accuracy: {accuracy:.4f}")
+    if args.save:
+        model.save_weights(args.save)
+        print(f"Weights saved to {args.save}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import nnlite
+
+    nnlite.config.set_floatx(args.dtype)
+    try:
+        with np.load(args.weights) as data:
+            kernels = [data[k].shape for k in sorted(data.files) if k.endswith("/kernel")]
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"nnlite evaluate: cannot read weights {args.weights!r}: {exc}") from None
+    if not kernels or kernels[0][0] != 784 or kernels[-1][1] != 10:
+        raise SystemExit(f"nnlite evaluate: {args.weights!r} does not hold a 784-...-10 MLP "
+                         f"(kernel shapes {kernels})")
+    model = build_mlp([shape[1] for shape in kernels[:-1]], args.activation)
+    model.load_weights(args.weights)
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    _, (x_test, y_test) = _load_mnist(args.limit, args.dtype)
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
+    print(f"Test loss: {loss:.4f} - Test accuracy: {accuracy:.4f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``nnlite`` command."""
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

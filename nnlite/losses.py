@@ -1,0 +1,244 @@
+"""Losses with Keras's names, each returning its value and its gradient.
+
+All losses reduce as Keras's default ``"sum_over_batch_size"``: the per-sample losses are
+averaged over the batch, so gradients carry a 1/N factor.
+
+Called as ``loss(y_true, y_pred)`` they return the scalar value, as in Keras; the model calls
+:meth:`Loss.value_and_grad` to get the gradient with respect to ``y_pred`` as well.
+
+Softmax followed by a cross-entropy is fused: when the model's last layer is a softmax and the
+loss a cross-entropy with ``from_logits=False``, the model calls :meth:`value_and_grad_logits`
+with the pre-softmax logits, which gives the stable gradient ``(p − t)/N`` and finite values even
+for logits of ±1e4. Keras on TensorFlow does the same (its softmax output remembers its logits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nnlite import config
+from nnlite import functional as F
+
+__all__ = [
+    "Loss",
+    "SparseCategoricalCrossentropy",
+    "CategoricalCrossentropy",
+    "MeanSquaredError",
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
+    "mean_squared_error",
+    "get",
+]
+
+
+class Loss:
+    """Base class. Subclasses implement :meth:`value_and_grad`."""
+
+    name = "loss"
+
+    def __call__(self, y_true, y_pred):
+        """Mean loss over the batch (a scalar of ``y_pred``'s dtype)."""
+        return self.value_and_grad(y_true, y_pred)[0]
+
+    def value_and_grad(self, y_true, y_pred):  # pragma: no cover - abstract
+        """Return ``(loss, dloss/dy_pred)``."""
+        raise NotImplementedError
+
+    def check_target(self, y_true, y_pred) -> None:
+        """Raise ValueError when the target cannot go with predictions of ``y_pred``'s shape."""
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+
+def _check_labels(labels, num_classes: int):
+    """Validate sparse integer labels against ``num_classes``; returns them as int64 (N,)."""
+    xp = F.get_array_module(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels.reshape(-1)
+    if labels.ndim != 1:
+        raise ValueError(
+            "SparseCategoricalCrossentropy: expected integer labels of shape (batch,), "
+            f"received shape {tuple(labels.shape)} (use CategoricalCrossentropy for one-hot)"
+        )
+    if labels.dtype.kind == "f" and not bool(xp.all(labels == xp.floor(labels))):
+        raise ValueError("SparseCategoricalCrossentropy: labels must be whole numbers")
+    labels = labels.astype(xp.int64, copy=False)
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"SparseCategoricalCrossentropy: labels must lie in [0, {num_classes}) for "
+                f"{num_classes} outputs, received labels from {low} to {high}"
+            )
+    return labels
+
+
+class _Crossentropy(Loss):
+    """Shared code of the two categorical cross-entropies (sparse and one-hot targets)."""
+
+    sparse = False
+
+    def __init__(self, from_logits: bool = False, name: str | None = None):
+        self.from_logits = bool(from_logits)
+        if name is not None:
+            self.name = name
+
+    def _target(self, y_true, y_pred):
+        if self.sparse:
+            return _check_labels(y_true, y_pred.shape[-1])
+        if tuple(y_true.shape) != tuple(y_pred.shape):
+            raise ValueError(
+                f"CategoricalCrossentropy: expected targets of shape {tuple(y_pred.shape)} "
+                f"(one-hot, like the predictions), received {tuple(y_true.shape)}"
+            )
+        return y_true.astype(y_pred.dtype, copy=False)
+
+    def check_target(self, y_true, y_pred):
+        self._target(y_true, y_pred)
+
+    def value_and_grad(self, y_true, y_pred):
+        """Loss and gradient w.r.t. ``y_pred`` (logits if ``from_logits``, else probabilities)."""
+        target = self._target(y_true, y_pred)
+        if self.from_logits:
+            return self.value_and_grad_logits(target, y_pred, checked=True)
+        return self._from_probabilities(target, y_pred)
+
+    def value_and_grad_logits(self, y_true, logits, checked: bool = False):
+        """Fused, stable softmax cross-entropy from logits: ``(loss, (softmax(z) − t)/N)``."""
+        from nnlite.backend import get_backend
+
+        target = y_true if checked else self._target(y_true, logits)
+        return get_backend().softmax_cross_entropy(logits, target)
+
+    def _from_probabilities(self, target, p):
+        """Keras's cross-entropy of probabilities that did not come from a fused softmax.
+
+        Math (ε = nnlite.config.epsilon(), rows renormalised as Keras does):
+            q = p / Σ_c p       c = clip(q, ε, 1 − ε)      loss_n = −Σ_c t_c log c_c
+            dloss/dq = −t/c where ε < q < 1 − ε, else 0;  dloss/dp = (dq − Σ_c dq·q) / Σ_c p
+        (sparse targets: the same with t one-hot.)
+        """
+        xp = F.get_array_module(p)
+        n = p.shape[0]
+        eps = p.dtype.type(config.epsilon())
+        total = p.sum(axis=-1, keepdims=True)
+        q = p / total
+        c = xp.clip(q, eps, 1 - eps)
+        if target.ndim == 1:
+            rows = xp.arange(n)
+            loss = -xp.log(c[rows, target]).sum() / n
+            dq = xp.zeros_like(p)
+            dq[rows, target] = -1 / c[rows, target]
+        else:
+            loss = -(target * xp.log(c)).sum() / n
+            dq = -target / c
+        # The clip passes no gradient where it is active.
+        dq *= (q >= eps) & (q <= 1 - eps)
+        dp = (dq - (dq * q).sum(axis=-1, keepdims=True)) / total
+        return loss, dp / n
+
+    def get_config(self):
+        return {"name": self.name, "from_logits": self.from_logits}
+
+
+class SparseCategoricalCrossentropy(_Crossentropy):
+    """Cross-entropy against integer labels, as ``keras.losses.SparseCategoricalCrossentropy``.
+
+    Shapes:
+        y_true: (N,) integers in [0, C)    y_pred: (N, C) probabilities, or logits if from_logits
+
+    Math:
+        loss = −(1/N) Σ_n log p[n, y_n]        (from logits: p = softmax(z), dz = (p − onehot)/N)
+    """
+
+    name = "sparse_categorical_crossentropy"
+    sparse = True
+
+
+class CategoricalCrossentropy(_Crossentropy):
+    """Cross-entropy against one-hot (or soft) targets, as ``keras.losses.CategoricalCrossentropy``.
+
+    Shapes:
+        y_true: (N, C)    y_pred: (N, C) probabilities, or logits if from_logits
+
+    Math:
+        loss = −(1/N) Σ_n Σ_c t[n, c] log p[n, c]     (from logits: dz = (softmax(z) − t)/N)
+    """
+
+    name = "categorical_crossentropy"
+
+
+class MeanSquaredError(Loss):
+    """Mean squared error, as ``keras.losses.MeanSquaredError``.
+
+    Math:
+        loss = (1/N) Σ_n (1/D) Σ_d (y_pred − y_true)²      dy_pred = 2 (y_pred − y_true)/(N·D)
+    """
+
+    name = "mean_squared_error"
+
+    def __init__(self, name: str | None = None):
+        if name is not None:
+            self.name = name
+
+    def check_target(self, y_true, y_pred):
+        if tuple(y_true.shape) != tuple(y_pred.shape):
+            raise ValueError(
+                f"MeanSquaredError: expected targets of shape {tuple(y_pred.shape)}, "
+                f"received {tuple(y_true.shape)}"
+            )
+
+    def value_and_grad(self, y_true, y_pred):
+        self.check_target(y_true, y_pred)
+        return F.mean_squared_error(y_pred, y_true.astype(y_pred.dtype, copy=False))
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits: bool = False):
+    """Functional form of :class:`SparseCategoricalCrossentropy` (batch mean)."""
+    return SparseCategoricalCrossentropy(from_logits)(np.asarray(y_true), y_pred)
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits: bool = False):
+    """Functional form of :class:`CategoricalCrossentropy` (batch mean)."""
+    return CategoricalCrossentropy(from_logits)(np.asarray(y_true), y_pred)
+
+
+def mean_squared_error(y_true, y_pred):
+    """Functional form of :class:`MeanSquaredError` (batch mean)."""
+    return MeanSquaredError()(np.asarray(y_true), y_pred)
+
+
+_ALIASES = {
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "mean_squared_error": MeanSquaredError,
+    "mse": MeanSquaredError,
+}
+_CLASS_NAMES = {cls.__name__: cls for cls in _ALIASES.values()}
+
+
+def get(identifier) -> Loss:
+    """Resolve a name, a loss class or instance, or a functional loss.
+
+    Raises:
+        ValueError: for an unknown identifier, listing the valid names.
+    """
+    if isinstance(identifier, Loss):
+        return identifier
+    if isinstance(identifier, type) and issubclass(identifier, Loss):
+        return identifier()
+    functional = {
+        sparse_categorical_crossentropy: SparseCategoricalCrossentropy,
+        categorical_crossentropy: CategoricalCrossentropy,
+        mean_squared_error: MeanSquaredError,
+    }
+    if callable(identifier) and identifier in functional:
+        return functional[identifier]()
+    if isinstance(identifier, str):
+        cls = _ALIASES.get(identifier) or _CLASS_NAMES.get(identifier)
+        if cls is not None:
+            return cls()
+    raise ValueError(
+        f"Unknown loss {identifier!r}: expected one of {sorted(_ALIASES)} or an nnlite.losses.Loss"
+    )

@@ -1,0 +1,177 @@
+"""Metrics: per-sample accuracy functions (as Keras's), metric objects for ``compile``, and the
+evaluation helpers ``accuracy_score`` and ``confusion_matrix``.
+
+``compile(metrics=["accuracy"])`` resolves "accuracy" the way Keras 3 does, from the shapes of
+the targets and predictions: integer labels against (N, C) scores use sparse categorical
+accuracy, one-hot targets categorical accuracy, and a single output column binary accuracy.
+The History key is the name that was given ("accuracy", "acc", ...).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nnlite.functional import get_array_module
+
+__all__ = [
+    "Metric",
+    "MeanMetricWrapper",
+    "Accuracy",
+    "SparseCategoricalAccuracy",
+    "CategoricalAccuracy",
+    "BinaryAccuracy",
+    "sparse_categorical_accuracy",
+    "categorical_accuracy",
+    "binary_accuracy",
+    "accuracy_score",
+    "confusion_matrix",
+    "get",
+]
+
+
+def sparse_categorical_accuracy(y_true, y_pred):
+    """Per-sample 1.0 where ``argmax(y_pred) == y_true`` (first maximum wins), else 0.0."""
+    xp = get_array_module(y_pred)
+    y_true = y_true.reshape(-1) if y_true.ndim > 1 else y_true
+    return (xp.argmax(y_pred, axis=-1) == y_true).astype(y_pred.dtype)
+
+
+def categorical_accuracy(y_true, y_pred):
+    """Per-sample 1.0 where ``argmax(y_pred) == argmax(y_true)``, else 0.0."""
+    xp = get_array_module(y_pred)
+    return (xp.argmax(y_pred, axis=-1) == xp.argmax(y_true, axis=-1)).astype(y_pred.dtype)
+
+
+def binary_accuracy(y_true, y_pred, threshold: float = 0.5):
+    """Per-sample mean of ``(y_pred > threshold) == y_true`` over the last axis."""
+    return ((y_pred > threshold) == (y_true > 0.5)).astype(y_pred.dtype).mean(axis=-1)
+
+
+class Metric:
+    """A named per-sample metric, averaged over samples by the training loop."""
+
+    name = "metric"
+
+    def values(self, y_true, y_pred):  # pragma: no cover - abstract
+        """Per-sample values, shape (N,)."""
+        raise NotImplementedError
+
+    def __call__(self, y_true, y_pred) -> float:
+        """Mean of :meth:`values` over the batch."""
+        return float(self.values(np.asarray(y_true), np.asarray(y_pred)).mean())
+
+
+class MeanMetricWrapper(Metric):
+    """Wrap a per-sample function ``fn(y_true, y_pred)`` under ``name``."""
+
+    def __init__(self, fn, name: str):
+        self.fn, self.name = fn, name
+
+    def values(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+class SparseCategoricalAccuracy(MeanMetricWrapper):
+    """Accuracy against integer labels."""
+
+    def __init__(self, name: str = "sparse_categorical_accuracy"):
+        super().__init__(sparse_categorical_accuracy, name)
+
+
+class CategoricalAccuracy(MeanMetricWrapper):
+    """Accuracy against one-hot targets."""
+
+    def __init__(self, name: str = "categorical_accuracy"):
+        super().__init__(categorical_accuracy, name)
+
+
+class BinaryAccuracy(MeanMetricWrapper):
+    """Accuracy of thresholded single outputs."""
+
+    def __init__(self, name: str = "binary_accuracy", threshold: float = 0.5):
+        super().__init__(lambda t, p: binary_accuracy(t, p, threshold), name)
+
+
+class Accuracy(Metric):
+    """Keras's "accuracy" string: picks sparse, categorical or binary from the shapes."""
+
+    def __init__(self, name: str = "accuracy"):
+        self.name = name
+
+    def values(self, y_true, y_pred):
+        if y_pred.ndim >= 2 and y_pred.shape[-1] == 1:
+            return binary_accuracy(y_true.reshape(y_pred.shape), y_pred)
+        if y_true.ndim == y_pred.ndim and y_true.shape[-1] == y_pred.shape[-1]:
+            return categorical_accuracy(y_true, y_pred)
+        return sparse_categorical_accuracy(y_true, y_pred)
+
+
+_ALIASES = {
+    "accuracy": Accuracy,
+    "acc": Accuracy,
+    "sparse_categorical_accuracy": SparseCategoricalAccuracy,
+    "categorical_accuracy": CategoricalAccuracy,
+    "binary_accuracy": BinaryAccuracy,
+}
+
+
+def get(identifier) -> Metric:
+    """Resolve a metric name or object; the metric keeps the given name for History keys.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    if isinstance(identifier, Metric):
+        return identifier
+    if isinstance(identifier, str) and identifier in _ALIASES:
+        return _ALIASES[identifier](name=identifier)
+    raise ValueError(
+        f"Unknown metric {identifier!r}: expected one of {sorted(_ALIASES)} or an "
+        "nnlite.metrics.Metric"
+    )
+
+
+def _labels(y):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        return y.argmax(axis=1)
+    return y.reshape(-1).astype(np.int64)
+
+
+def accuracy_score(y_true, y_pred) -> float:
+    """Fraction of matching labels. Either argument may be labels (N,) or scores/one-hot (N, C).
+
+    Example:
+        >>> accuracy_score([0, 1, 2, 2], [0, 2, 2, 2])
+        0.75
+    """
+    t, p = _labels(y_true), _labels(y_pred)
+    if t.shape != p.shape:
+        raise ValueError(
+            f"accuracy_score: expected y_true and y_pred with the same number of samples, "
+            f"received {t.shape[0]} and {p.shape[0]}"
+        )
+    return float((t == p).mean()) if t.size else 0.0
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
+    """Counts ``C[i, j]`` of samples of true class i predicted as class j.
+
+    Args:
+        y_true, y_pred: labels (N,) or scores/one-hot (N, C).
+        num_classes: matrix size; 1 + the largest label when omitted.
+
+    Returns:
+        int64 array (num_classes, num_classes); rows sum to the class counts, the trace is the
+        number of correct predictions.
+    """
+    t, p = _labels(y_true), _labels(y_pred)
+    if t.shape != p.shape:
+        raise ValueError(
+            f"confusion_matrix: expected y_true and y_pred with the same number of samples, "
+            f"received {t.shape[0]} and {p.shape[0]}"
+        )
+    k = int(max(t.max(initial=-1), p.max(initial=-1)) + 1) if num_classes is None else num_classes
+    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= k):
+        raise ValueError(f"confusion_matrix: labels must lie in [0, {k}), received out-of-range")
+    return np.bincount(t * k + p, minlength=k * k).reshape(k, k)

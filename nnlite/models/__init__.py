@@ -1,0 +1,5 @@
+"""Models: ``Sequential``."""
+
+from nnlite.models.sequential import NonFiniteLossWarning, Sequential
+
+__all__ = ["Sequential", "NonFiniteLossWarning"]

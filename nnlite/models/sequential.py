@@ -1,0 +1,608 @@
+"""``Sequential``: a stack of layers trained with hand-written backprop, with Keras's model API.
+
+One training step, written out (``train_on_batch`` and ``fit`` run exactly this):
+
+    y_pred = layers[-1](...layers[0](x))                  forward, caching what backward needs
+    loss, dy = loss.value_and_grad(y_true, y_pred)        (fused softmax + CE: dz = (p − t)/N)
+    for layer in reversed(layers): dy = layer.backward(dy)   each layer fills layer.grads
+    optimizer.apply_gradients(zip(grads, params))         in place
+
+The reported ``loss`` and metrics are those of the forward pass before the update, averaged over
+the samples seen so far in the epoch (weighted by batch size), as Keras reports them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+
+import numpy as np
+
+from nnlite import config
+from nnlite import losses as losses_module
+from nnlite import metrics as metrics_module
+from nnlite import optimizers as optimizers_module
+from nnlite.backend import get_backend
+from nnlite.callbacks import CallbackList
+from nnlite.layers.activation import Activation
+from nnlite.layers.base import Layer, unique_name
+from nnlite.layers.core import Dense, InputLayer
+from nnlite.random import generator
+
+
+class NonFiniteLossWarning(UserWarning):
+    """The training loss became NaN or infinite; ``fit`` stopped."""
+
+
+class _RunningMeans:
+    """Sample-weighted running means of the loss and metrics over one epoch (Keras's Mean)."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+        self.count = 0
+        self.loss_sum = 0.0
+        self.metric_sums = [0.0] * len(metrics)
+
+    def update(self, loss, y_true, y_pred) -> None:
+        n = y_pred.shape[0]
+        self.count += n
+        self.loss_sum += float(loss) * n
+        for i, metric in enumerate(self.metrics):
+            self.metric_sums[i] += float(metric.values(y_true, y_pred).sum())
+
+    def result(self) -> dict:
+        count = max(self.count, 1)
+        logs = {"loss": self.loss_sum / count}
+        for metric, total in zip(self.metrics, self.metric_sums):
+            logs[metric.name] = total / count
+        return logs
+
+
+class Sequential:
+    """A linear stack of layers, as ``keras.Sequential``.
+
+    Args:
+        layers: list of layers; the first may be ``nnlite.Input(shape)``, or the first layer may
+            take ``input_shape=``.
+        name: model name.
+        seed: seed of a private random generator for this model's initial weights, shuffling and
+            dropout (nnlite extension); without it the global generator is used, which
+            ``nnlite.utils.set_random_seed`` reseeds.
+
+    Example:
+        >>> import nnlite as keras
+        >>> model = keras.Sequential([
+        ...     keras.Input(shape=(784,)),
+        ...     keras.layers.Dense(50, activation="relu"),
+        ...     keras.layers.Dense(10, activation="softmax"),
+        ... ])
+        >>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+        ...               metrics=["accuracy"])
+        >>> history = model.fit(x_train, y_train, batch_size=100, epochs=5, validation_split=0.1)
+    """
+
+    def __init__(self, layers=None, name: str | None = None, seed: int | None = None):
+        self.name = name or unique_name("sequential")
+        self.layers: list[Layer] = []
+        self._input_shape: tuple | None = None
+        self._rng = np.random.default_rng(seed) if seed is not None else None
+        self.optimizer = None
+        self.loss = None
+        self.metrics: list = []
+        self.compiled = False
+        self.stop_training = False
+        self.history = None
+        self._fused = False
+        for layer in layers or []:
+            self.add(layer)
+
+    # -- structure -----------------------------------------------------------------------------
+
+    def add(self, layer) -> None:
+        """Append a layer (or set the input shape with an ``Input``)."""
+        if isinstance(layer, InputLayer):
+            if self.layers:
+                raise ValueError(f"{self.name}: an Input can only be the first element")
+            self._input_shape = layer.shape
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(
+                f"{self.name}.add: expected an nnlite layer, received {type(layer).__name__}"
+            )
+        if not self.layers and self._input_shape is None and layer._input_shape_arg is not None:
+            self._input_shape = layer._input_shape_arg
+        if self._rng is not None and layer._rng is None:
+            layer._rng = self._rng
+        self.layers.append(layer)
+        if self._input_shape is not None:
+            self.build()
+
+    def pop(self) -> Layer:
+        """Remove and return the last layer."""
+        if not self.layers:
+            raise ValueError(f"{self.name}.pop: the model has no layers")
+        layer = self.layers.pop()
+        self._configure_loss()
+        return layer
+
+    @property
+    def built(self) -> bool:
+        """True when every layer has its parameters."""
+        return bool(self.layers) and all(layer.built for layer in self.layers)
+
+    def build(self, input_shape=None) -> None:
+        """Build every layer for inputs of ``input_shape`` (batch axis included, or not).
+
+        Raises:
+            ValueError: naming the layer, when a layer built earlier expects another shape.
+        """
+        if input_shape is not None:
+            input_shape = tuple(input_shape)
+            self._input_shape = input_shape[1:] if input_shape[0] is None else input_shape
+        if self._input_shape is None:
+            raise ValueError(f"{self.name}: the input shape is unknown; add an Input or call fit")
+        shape = (None,) + tuple(self._input_shape)
+        for layer in self.layers:
+            if not layer.built:
+                layer.build(shape)
+            elif tuple(layer.input_shape[1:]) != tuple(shape[1:]):
+                raise ValueError(
+                    f"Layer {layer.name!r} expects inputs of shape {layer.input_shape}, "
+                    f"received {shape}"
+                )
+            shape = layer.output_shape
+        # Layers with nothing trainable upstream need not compute the gradient of their input.
+        self._first_param_layer = next(
+            (i for i, layer in enumerate(self.layers) if layer.params), len(self.layers)
+        )
+        for i, layer in enumerate(self.layers):
+            layer.input_grad = i > self._first_param_layer
+
+    @property
+    def input_shape(self) -> tuple:
+        """``(None,) + sample shape``."""
+        return (None,) + tuple(self._input_shape) if self._input_shape is not None else None
+
+    @property
+    def output_shape(self) -> tuple:
+        """Shape of the model output, batch axis as None."""
+        return self.layers[-1].output_shape if self.built else None
+
+    # -- compile -------------------------------------------------------------------------------
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
+        """Configure training, as ``keras.Model.compile``.
+
+        Args:
+            optimizer: name ("sgd", "adam", "rmsprop") or optimizer instance.
+            loss: name ("sparse_categorical_crossentropy", "categorical_crossentropy",
+                "mean_squared_error"/"mse") or loss instance.
+            metrics: list of metric names ("accuracy", ...) or metric objects.
+        """
+        self.optimizer = optimizers_module.get(optimizer)
+        self.loss = losses_module.get(loss) if loss is not None else None
+        if metrics is None:
+            metrics = []
+        elif isinstance(metrics, (str, metrics_module.Metric)):
+            metrics = [metrics]
+        self.metrics = [metrics_module.get(m) for m in metrics]
+        self.compiled = True
+        self._configure_loss()
+
+    def _configure_loss(self) -> None:
+        """Decide whether the last softmax and the cross-entropy are fused (stable gradient)."""
+        last = self.layers[-1] if self.layers else None
+        self._fused = (
+            isinstance(self.loss, losses_module._Crossentropy)
+            and not self.loss.from_logits
+            and isinstance(last, (Dense, Activation))
+            and last.activation.name == "softmax"
+        )
+
+    def _require_compiled(self, what: str) -> None:
+        if not self.compiled or self.loss is None:
+            raise RuntimeError(
+                f"{self.name}.{what}: the model must be compiled with a loss first: "
+                "model.compile(optimizer=..., loss=...)"
+            )
+
+    # -- data checks ---------------------------------------------------------------------------
+
+    def _check_x(self, x, what: str):
+        if x is None:
+            raise ValueError(f"{self.name}.{what}: expected input data `x`, received None")
+        x = np.asarray(x) if not hasattr(x, "__cuda_array_interface__") else x
+        if x.dtype.kind not in "biuf":
+            raise TypeError(
+                f"{self.name}.{what}: expected a numeric array for `x`, received dtype {x.dtype}"
+            )
+        if x.ndim < 2:
+            raise ValueError(
+                f"{self.name}.{what}: expected `x` with a batch axis, shape (N, ...), "
+                f"received shape {tuple(x.shape)}"
+            )
+        if x.dtype.kind == "f" and not bool(np.isfinite(x).all()):
+            raise ValueError(f"{self.name}.{what}: `x` contains NaN or infinite values")
+        if self._input_shape is None:
+            self._input_shape = tuple(x.shape[1:])
+        if not self.built:
+            self.build()
+        if tuple(x.shape[1:]) != tuple(self._input_shape):
+            raise ValueError(
+                f"{self.name}.{what}: the model expects inputs of shape "
+                f"{self.input_shape}, received {(None,) + tuple(x.shape[1:])} "
+                f"(first layer {self.layers[0].name!r})"
+            )
+        return x
+
+    def _check_y(self, y, n: int, what: str):
+        if y is None:
+            raise ValueError(f"{self.name}.{what}: expected targets `y`, received None")
+        y = np.asarray(y)
+        if y.dtype.kind not in "biuf":
+            raise TypeError(
+                f"{self.name}.{what}: expected a numeric array for `y`, received dtype {y.dtype}"
+            )
+        if y.shape[0] != n:
+            raise ValueError(
+                f"{self.name}.{what}: `x` has {n} samples but `y` has {y.shape[0]}"
+            )
+        if y.dtype.kind == "f" and not bool(np.isfinite(y).all()):
+            raise ValueError(f"{self.name}.{what}: `y` contains NaN or infinite values")
+        probe = np.zeros((min(n, 1),) + tuple(self.output_shape[1:]), dtype=config.floatx())
+        self.loss.check_target(y[: probe.shape[0]], probe)
+        if self.loss.__class__ is losses_module.SparseCategoricalCrossentropy:
+            losses_module._check_labels(y, self.output_shape[-1])
+        return y
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def _forward(self, x, training: bool):
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def _loss_and_backward(self, y_true, y_pred):
+        """Loss of the batch and the backward pass through every layer that needs it."""
+        layers = self.layers[self._first_param_layer:]
+        if self._fused:
+            last = self.layers[-1]
+            loss, dz = self.loss.value_and_grad_logits(y_true, last.logits)
+            dy = last.backward_from_logits(dz)
+            layers = layers[:-1]
+        else:
+            loss, dy = self.loss.value_and_grad(y_true, y_pred)
+        for layer in reversed(layers):
+            dy = layer.backward(dy)
+        return loss
+
+    def _grads_and_vars(self):
+        for layer in self.layers:
+            if layer.trainable:
+                for key, param in layer.params.items():
+                    yield layer.grads[key], param
+
+    def _train_step(self, x, y):
+        y_pred = self._forward(x, training=True)
+        loss = self._loss_and_backward(y, y_pred)
+        self.optimizer.apply_gradients(self._grads_and_vars())
+        return loss, y_pred
+
+    def _test_step(self, x, y):
+        y_pred = self._forward(x, training=False)
+        if self._fused:
+            loss, _ = self.loss.value_and_grad_logits(y, self.layers[-1].logits)
+        else:
+            loss, _ = self.loss.value_and_grad(y, y_pred)
+        return loss, y_pred
+
+    def _batch(self, data, index):
+        backend = get_backend()
+        dtype = np.dtype(config.floatx())
+        rows = data[index]
+        if rows.dtype != dtype:
+            rows = rows.astype(dtype)
+        return backend.asarray(rows)
+
+    def _targets(self, y, index):
+        return get_backend().asarray(y[index])
+
+    # -- training ------------------------------------------------------------------------------
+
+    def fit(self, x=None, y=None, batch_size=None, epochs: int = 1, verbose="auto",
+            callbacks=None, validation_split: float = 0.0, validation_data=None,
+            shuffle: bool = True, initial_epoch: int = 0):
+        """Train for ``epochs`` epochs, as ``keras.Model.fit``.
+
+        Args:
+            x, y: training inputs (N, ...) and targets (labels (N,) or one-hot (N, C)).
+            batch_size: samples per step (default 32).
+            epochs: index of the last epoch (training runs from ``initial_epoch``).
+            verbose: "auto" or 1 (progress bar), 2 (one line per epoch), 0 (silent).
+            callbacks: list of ``nnlite.callbacks.Callback``.
+            validation_split: fraction in [0, 1) of the data, taken from the end before any
+                shuffling, held out for validation (ignored when ``validation_data`` is given).
+            validation_data: ``(x_val, y_val)``.
+            shuffle: reshuffle the training samples before each epoch.
+
+        Returns:
+            the ``History`` callback; ``history.history`` maps "loss", each metric and their
+            "val_" twins to per-epoch lists.
+        """
+        self._require_compiled("fit")
+        x = self._check_x(x, "fit")
+        y = self._check_y(y, x.shape[0], "fit")
+        if not 0 <= validation_split < 1:
+            raise ValueError(
+                f"{self.name}.fit: expected `validation_split` in [0, 1), "
+                f"received {validation_split!r}"
+            )
+        if validation_data is None and validation_split > 0:
+            split = int(math.floor(x.shape[0] * (1.0 - validation_split)))
+            validation_data = (x[split:], y[split:])
+            x, y = x[:split], y[:split]
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError(
+                    f"{self.name}.fit: expected `validation_data` as (x_val, y_val), "
+                    f"received a sequence of {len(validation_data)}"
+                )
+            x_val = self._check_x(validation_data[0], "fit")
+            y_val = self._check_y(validation_data[1], x_val.shape[0], "fit")
+        batch_size = self._check_batch_size(batch_size, "fit")
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError(f"{self.name}.fit: no training samples")
+        steps = math.ceil(n / batch_size)
+        cbs = CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self,
+                           verbose=verbose, epochs=epochs, steps=steps)
+        self.stop_training = False
+        rng = generator(self)
+        cbs.on_train_begin()
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch)
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            tracker = _RunningMeans(self.metrics)
+            for step in range(steps):
+                cbs.on_train_batch_begin(step)
+                index = order[step * batch_size:(step + 1) * batch_size]
+                yb = self._targets(y, index)
+                loss, y_pred = self._train_step(self._batch(x, index), yb)
+                tracker.update(loss, yb, y_pred)
+                logs = tracker.result()
+                cbs.on_train_batch_end(step, logs)
+                if not math.isfinite(logs["loss"]):
+                    warnings.warn(
+                        f"Epoch {epoch + 1}, step {step + 1}: the loss became {logs['loss']}; "
+                        "training stopped. Try a smaller learning rate.",
+                        NonFiniteLossWarning, stacklevel=2,
+                    )
+                    self.stop_training = True
+                if self.stop_training:
+                    break
+            logs = tracker.result()
+            if validation_data is not None:
+                val = self._run_test(x_val, y_val, batch_size, None, 0)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(logs)
+        return self.history
+
+    def _check_batch_size(self, batch_size, what: str) -> int:
+        if batch_size is None:
+            return 32
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(
+                f"{self.name}.{what}: expected `batch_size` to be a positive int, "
+                f"received {batch_size!r}"
+            )
+        return int(batch_size)
+
+    def _run_test(self, x, y, batch_size, callbacks, verbose) -> dict:
+        n = x.shape[0]
+        steps = math.ceil(n / batch_size)
+        cbs = CallbackList(callbacks, add_progbar=verbose != 0, model=self, verbose=verbose,
+                           epochs=1, steps=steps)
+        cbs.on_test_begin()
+        tracker = _RunningMeans(self.metrics)
+        for step in range(steps):
+            cbs.on_test_batch_begin(step)
+            index = slice(step * batch_size, (step + 1) * batch_size)
+            yb = self._targets(y, index)
+            loss, y_pred = self._test_step(self._batch(x, index), yb)
+            tracker.update(loss, yb, y_pred)
+            cbs.on_test_batch_end(step, tracker.result())
+        logs = tracker.result()
+        cbs.on_test_end(logs)
+        return logs
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", callbacks=None,
+                 return_dict: bool = False):
+        """Loss and metrics on ``(x, y)``, as ``keras.Model.evaluate``.
+
+        Returns:
+            ``[loss, metric...]``, the loss alone when there are no metrics, or a dict when
+            ``return_dict`` is True.
+        """
+        self._require_compiled("evaluate")
+        x = self._check_x(x, "evaluate")
+        y = self._check_y(y, x.shape[0], "evaluate")
+        batch_size = self._check_batch_size(batch_size, "evaluate")
+        logs = self._run_test(x, y, batch_size, callbacks, verbose)
+        return self._format_logs(logs, return_dict)
+
+    def _format_logs(self, logs, return_dict):
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def predict(self, x, batch_size=None, verbose="auto", callbacks=None) -> np.ndarray:
+        """Model outputs for ``x`` as a NumPy array, computed in batches (inference mode)."""
+        x = self._check_x(x, "predict")
+        batch_size = self._check_batch_size(batch_size, "predict")
+        n = x.shape[0]
+        steps = math.ceil(n / batch_size)
+        cbs = CallbackList(callbacks, add_progbar=verbose != 0, model=self, verbose=verbose,
+                           epochs=1, steps=steps)
+        cbs.on_predict_begin()
+        backend = get_backend()
+        out = []
+        for step in range(steps):
+            cbs.on_predict_batch_begin(step)
+            index = slice(step * batch_size, (step + 1) * batch_size)
+            out.append(backend.to_numpy(self._forward(self._batch(x, index), training=False)))
+            cbs.on_predict_batch_end(step)
+        cbs.on_predict_end()
+        if not out:
+            return np.zeros((0,) + tuple(self.output_shape[1:]), dtype=config.floatx())
+        return np.concatenate(out)
+
+    def __call__(self, x, training: bool = False):
+        """Forward pass on one batch (backend array in, backend array out)."""
+        x = self._check_x(x, "__call__")
+        return self._forward(self._batch(x, slice(None)), training=training)
+
+    def train_on_batch(self, x, y, return_dict: bool = False):
+        """One gradient step on the batch; returns its loss (and metrics) before the update."""
+        self._require_compiled("train_on_batch")
+        x = self._check_x(x, "train_on_batch")
+        y = self._check_y(y, x.shape[0], "train_on_batch")
+        index = slice(None)
+        yb = self._targets(y, index)
+        loss, y_pred = self._train_step(self._batch(x, index), yb)
+        tracker = _RunningMeans(self.metrics)
+        tracker.update(loss, yb, y_pred)
+        return self._format_logs(tracker.result(), return_dict)
+
+    def test_on_batch(self, x, y, return_dict: bool = False):
+        """Loss (and metrics) on one batch without updating."""
+        self._require_compiled("test_on_batch")
+        x = self._check_x(x, "test_on_batch")
+        y = self._check_y(y, x.shape[0], "test_on_batch")
+        yb = self._targets(y, slice(None))
+        loss, y_pred = self._test_step(self._batch(x, slice(None)), yb)
+        tracker = _RunningMeans(self.metrics)
+        tracker.update(loss, yb, y_pred)
+        return self._format_logs(tracker.result(), return_dict)
+
+    def predict_on_batch(self, x) -> np.ndarray:
+        """Outputs for one batch, as a NumPy array."""
+        return get_backend().to_numpy(self(x))
+
+    # -- weights -------------------------------------------------------------------------------
+
+    @property
+    def weights(self) -> list:
+        """All parameter arrays, layer by layer, in Keras order."""
+        return [w for layer in self.layers for w in layer.weights]
+
+    @property
+    def trainable_weights(self) -> list:
+        """Parameters the optimizer updates."""
+        return [w for layer in self.layers for w in layer.trainable_weights]
+
+    def count_params(self) -> int:
+        """Number of scalar parameters."""
+        return sum(layer.count_params() for layer in self.layers)
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of all parameters as NumPy arrays (kernel, bias per layer, as Keras)."""
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights) -> None:
+        """Assign all parameters from a list in :meth:`get_weights` order.
+
+        Raises:
+            ValueError: naming the layer, for a wrong count or shape; nothing is assigned then.
+        """
+        weights = list(weights)
+        expected = sum(len(layer.params) for layer in self.layers)
+        if len(weights) != expected:
+            raise ValueError(
+                f"{self.name}.set_weights: expected a list of {expected} arrays, "
+                f"received {len(weights)}"
+            )
+        start = 0
+        chunks = []
+        for layer in self.layers:
+            chunk = weights[start:start + len(layer.params)]
+            for (key, param), value in zip(layer.params.items(), chunk):
+                if tuple(np.shape(value)) != tuple(param.shape):
+                    raise ValueError(
+                        f"Layer {layer.name!r} weight {key!r}: expected shape "
+                        f"{tuple(param.shape)}, received {tuple(np.shape(value))}"
+                    )
+            chunks.append((layer, chunk))
+            start += len(layer.params)
+        for layer, chunk in chunks:
+            layer.set_weights(chunk)
+
+    def save_weights(self, filepath, overwrite: bool = True) -> None:
+        """Write all parameters to an ``.npz`` file, atomically (temporary file, then rename)."""
+        filepath = os.fspath(filepath)
+        if not overwrite and os.path.exists(filepath):
+            raise FileExistsError(f"{self.name}.save_weights: {filepath!r} exists")
+        arrays = {}
+        for i, layer in enumerate(self.layers):
+            for key, value in zip(layer.params, layer.get_weights()):
+                arrays[f"{i:03d}/{layer.name}/{key}"] = value
+        directory = os.path.dirname(os.path.abspath(filepath))
+        fd, tmp = tempfile.mkstemp(prefix=".nnlite-", suffix=".npz.tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, filepath)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load_weights(self, filepath) -> None:
+        """Load parameters written by :meth:`save_weights`.
+
+        Raises:
+            ValueError: naming the layer, when the file's arrays do not fit the model.
+        """
+        with np.load(os.fspath(filepath)) as data:
+            keys = sorted(data.files)
+            self.set_weights([data[k] for k in keys])
+
+    # -- display -------------------------------------------------------------------------------
+
+    def summary(self, print_fn=None) -> None:
+        """Print a table of layers, output shapes and parameter counts, as Keras's summary."""
+        print_fn = print_fn or print
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        for layer in self.layers:
+            shape = str(layer.output_shape) if layer.built else "?"
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape,
+                         f"{layer.count_params():,}"))
+        widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+        widths = [max(widths[0], 30), max(widths[1], 24), max(widths[2], 14)]
+        line = "━" * (sum(widths) + 2)
+        print_fn(f'Model: "{self.name}"')
+        print_fn(line)
+        for j, row in enumerate(rows):
+            print_fn(f"{row[0]:<{widths[0]}} {row[1]:<{widths[1]}} {row[2]:>{widths[2]}}")
+            print_fn(line if j == 0 else "─" * (sum(widths) + 2))
+        total = self.count_params()
+        trainable = sum(layer.count_params() for layer in self.layers if layer.trainable)
+        itemsize = np.dtype(config.floatx()).itemsize
+        print_fn(f" Total params: {total:,} ({_bytes(total * itemsize)})")
+        print_fn(f" Trainable params: {trainable:,} ({_bytes(trainable * itemsize)})")
+        print_fn(f" Non-trainable params: {total - trainable:,} "
+                 f"({_bytes((total - trainable) * itemsize)})")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GB"  # pragma: no cover

@@ -1,0 +1,49 @@
+"""Adam (Kingma & Ba, 2015) in Keras's epsilon-hat form."""
+
+from __future__ import annotations
+
+import math
+
+from nnlite.backend import get_backend
+from nnlite.optimizers.base import Optimizer, keras_scalar
+
+
+class Adam(Optimizer):
+    """Adaptive moment estimation, as ``keras.optimizers.Adam``.
+
+    Args:
+        learning_rate: default 0.001.
+        beta_1, beta_2: decay rates of the first and second moment estimates (0.9, 0.999).
+        epsilon: ε̂, added to √v after bias correction is folded into the step (1e-7).
+
+    Math (t = iterations + 1, "Algorithm 1" with the efficient ordering of section 2):
+        m ← m + (g − m)(1 − β₁)         v ← v + (g² − v)(1 − β₂)
+        alpha = lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)
+        p ← p − alpha · m / (√v + ε̂)
+
+    Keras-exact: lr, β₁ and β₂ in the bias correction are rounded to float32 (``keras_scalar``);
+    the (1 − β) factors and ε̂ are used at full precision, as Keras does.
+    """
+
+    def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, amsgrad: bool = False, name: str = "adam", **kwargs):
+        super().__init__(learning_rate, name, **kwargs)
+        for key, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not 0 <= value < 1:
+                raise ValueError(f"Adam: expected `{key}` in [0, 1), received {value!r}")
+        if amsgrad:
+            raise ValueError("Adam: `amsgrad=True` is not supported by nnlite")
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+    def slot_names(self):
+        return ("m", "v")
+
+    def update_step(self, grad, param, state, lr):
+        dtype = param.dtype
+        t = self.iterations + 1
+        b1, b2 = keras_scalar(self.beta_1, dtype), keras_scalar(self.beta_2, dtype)
+        alpha = keras_scalar(lr, dtype) * math.sqrt(1 - b2**t) / (1 - b1**t)
+        get_backend().adam_update(
+            param, grad, state["m"], state["v"], dtype.type(alpha),
+            dtype.type(1 - self.beta_1), dtype.type(1 - self.beta_2), dtype.type(self.epsilon),
+        )

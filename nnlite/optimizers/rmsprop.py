@@ -1,0 +1,52 @@
+"""RMSprop (Tieleman & Hinton, 2012, lecture 6.5) in Keras 3's formulation."""
+
+from __future__ import annotations
+
+from nnlite.backend import get_backend
+from nnlite.optimizers.base import Optimizer, keras_scalar
+
+
+class RMSprop(Optimizer):
+    """Divide the gradient by a running RMS of its magnitude, as ``keras.optimizers.RMSprop``.
+
+    Args:
+        learning_rate: default 0.001.
+        rho: decay of the squared-gradient average (0.9).
+        momentum: μ ≥ 0 (0).
+        epsilon: ε, added to the average *inside* the square root, as Keras does (1e-7).
+        centered: subtract the squared mean gradient (Graves, 2013).
+
+    Math:
+        v ← ρ·v + (1 − ρ)·g²                d = v  (centered: ḡ ← ρ·ḡ + (1 − ρ)·g;  d = v − ḡ²)
+        step = lr · g / √(d + ε)
+        p ← p − step                        (momentum: u ← μ·u + step;  p ← p − u)
+
+    Keras-exact: lr is rounded to float32 (``keras_scalar``).
+    """
+
+    def __init__(self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0,
+                 epsilon: float = 1e-7, centered: bool = False, name: str = "rmsprop", **kwargs):
+        super().__init__(learning_rate, name, **kwargs)
+        if not 0 <= rho < 1:
+            raise ValueError(f"RMSprop: expected `rho` in [0, 1), received {rho!r}")
+        if momentum < 0:
+            raise ValueError(f"RMSprop: expected `momentum` >= 0, received {momentum!r}")
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered = bool(centered)
+
+    def slot_names(self):
+        names = ("velocity",)
+        if self.momentum > 0:
+            names += ("momentum",)
+        if self.centered:
+            names += ("average_gradient",)
+        return names
+
+    def update_step(self, grad, param, state, lr):
+        t = param.dtype.type
+        get_backend().rmsprop_update(
+            param, grad, state["velocity"], keras_scalar(lr, param.dtype), t(self.rho),
+            t(1 - self.rho), t(self.epsilon),
+            momentum=t(self.momentum) if self.momentum > 0 else None,
+            velocity=state.get("momentum"), mean_grad=state.get("average_gradient"),
+        )
