@@ -26,6 +26,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+
 from nnlite.progbar import Progbar
 
 __all__ = [
@@ -691,9 +693,10 @@ class EarlyStopping(Callback):
     def _is_improvement(self, value: float, reference: float | None) -> bool:
         if reference is None:
             return True
-        if self.maximize:
-            return value - self.min_delta > reference
-        return value - self.min_delta < reference
+        # Keras compares with ``ops.less``/``ops.greater``, which turn the two Python floats
+        # into float32 tensors: an improvement smaller than float32 resolution does not count.
+        current, reference = np.float32(value - self.min_delta), np.float32(reference)
+        return bool(current > reference) if self.maximize else bool(current < reference)
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         """Resets the state, so one instance can serve several ``fit`` calls.

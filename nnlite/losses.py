@@ -114,27 +114,28 @@ class _Crossentropy(Loss):
     def _from_probabilities(self, target, p):
         """Keras's cross-entropy of probabilities that did not come from a fused softmax.
 
-        Math (ε = nnlite.config.epsilon(), rows renormalised as Keras does):
-            q = p / Σ_c p       c = clip(q, ε, 1 − ε)      loss_n = −Σ_c t_c log c_c
-            dloss/dq = −t/c where ε < q < 1 − ε, else 0;  dloss/dp = (dq − Σ_c dq·q) / Σ_c p
-        (sparse targets: the same with t one-hot.)
+        Math (ε = nnlite.config.epsilon(); the clip passes no gradient strictly outside
+        [ε, 1 − ε]):
+            one-hot t   q = p / Σ_c p      c = clip(q, ε, 1 − ε)     loss_n = −Σ_c t_c log c_c
+                        dq = −t/c (masked)    dp = (dq − Σ_c dq·q) / Σ_c p
+            labels y    c = clip(p, ε, 1 − ε)   z = log c   loss_n = logsumexp(z) − z_y
+                        dz = softmax(z) − onehot(y)        dp = dz / c (masked)
+        Keras renormalises the rows only in the one-hot case; with labels it feeds log(c) to
+        its sparse logits kernel, whose logsumexp renormalises instead. Both are reproduced.
         """
         xp = F.get_array_module(p)
         n = p.shape[0]
         eps = p.dtype.type(config.epsilon())
+        if target.ndim == 1:
+            c = xp.clip(p, eps, 1 - eps)
+            inside = (p >= eps) & (p <= 1 - eps)
+            loss, dz = F.softmax_cross_entropy(xp.log(c), target)
+            return loss, dz / c * inside
         total = p.sum(axis=-1, keepdims=True)
         q = p / total
         c = xp.clip(q, eps, 1 - eps)
-        if target.ndim == 1:
-            rows = xp.arange(n)
-            loss = -xp.log(c[rows, target]).sum() / n
-            dq = xp.zeros_like(p)
-            dq[rows, target] = -1 / c[rows, target]
-        else:
-            loss = -(target * xp.log(c)).sum() / n
-            dq = -target / c
-        # The clip passes no gradient where it is active.
-        dq *= (q >= eps) & (q <= 1 - eps)
+        loss = -(target * xp.log(c)).sum() / n
+        dq = -target / c * ((q >= eps) & (q <= 1 - eps))
         dp = (dq - (dq * q).sum(axis=-1, keepdims=True)) / total
         return loss, dp / n
 

@@ -1,42 +1,99 @@
 """Backend registry: which array module and kernels run the math.
 
-``set_backend("numpy")`` (the default) selects the reference :class:`Backend`. Layers and
-optimizers ask :func:`get_backend` for the current one and never test which it is.
+Backends by name:
+
+- ``"numpy"``: the reference, plain array code (the default in the library);
+- ``"numba"``: NumPy arrays with fused Numba kernels for the hot loop (CPU);
+- ``"cupy"``: CuPy arrays on a CUDA GPU with fused CUDA kernels;
+- ``"auto"``: CuPy when it imports and a CUDA device works, else Numba, else NumPy.
+
+Select with :func:`set_backend`, the environment variable ``NNLITE_BACKEND`` (read on first use)
+or ``nnlite train --backend``. Layers and optimizers ask :func:`get_backend` for the current one
+and never test which it is. Importing nnlite imports neither Numba nor CuPy: each backend module
+loads when it is selected.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 from nnlite.backend.numpy_backend import Backend
 
-__all__ = ["Backend", "get_backend", "set_backend", "available_backends"]
+__all__ = ["Backend", "get_backend", "set_backend", "available_backends", "BackendUnavailable"]
 
-_FACTORIES = {"numpy": Backend}
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here (package missing or no working GPU)."""
+
+
+def _numba(**options):
+    try:
+        module = importlib.import_module("nnlite.backend.numba_backend")
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the 'numba' backend needs Numba ({exc}); install it with `pip install numba`"
+        ) from exc
+    return module.NumbaBackend(**options)
+
+
+def _cupy(**options):
+    try:
+        module = importlib.import_module("nnlite.backend.cupy_backend")
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the 'cupy' backend needs CuPy ({exc}); install nnlite[gpu] on a CUDA machine"
+        ) from exc
+    return module.CupyBackend(**options)
+
+
+_FACTORIES = {"numpy": lambda **options: Backend(**options), "numba": _numba, "cupy": _cupy}
 _CURRENT: Backend | None = None
 
 
 def available_backends() -> list[str]:
-    """Names accepted by :func:`set_backend`."""
-    return list(_FACTORIES)
+    """Names accepted by :func:`set_backend` (whether or not their packages are installed)."""
+    return list(_FACTORIES) + ["auto"]
 
 
-def set_backend(name: str) -> Backend:
+def _auto() -> Backend:
+    """CuPy if a CUDA device works, else Numba, else NumPy; says which and why on stderr."""
+    reasons = []
+    for name in ("cupy", "numba"):
+        try:
+            backend = _FACTORIES[name]()
+        except BackendUnavailable as exc:
+            reasons.append(f"{name}: {exc}")
+            continue
+        print(f"nnlite: backend 'auto' chose {name!r}"
+              + (f" ({'; '.join(reasons)})" if reasons else ""), file=sys.stderr)
+        return backend
+    print(f"nnlite: backend 'auto' chose 'numpy' ({'; '.join(reasons)})", file=sys.stderr)
+    return Backend()
+
+
+def set_backend(name: str, **options) -> Backend:
     """Select the backend by name and return it.
 
     Args:
-        name: one of :func:`available_backends`.
+        name: "numpy", "numba", "cupy" or "auto".
+        **options: backend options, e.g. ``gemm="blocked"`` for Numba.
 
     Raises:
         ValueError: for an unknown name, listing the valid ones.
+        BackendUnavailable: when the backend's package is missing or (CuPy) no GPU works.
     """
     global _CURRENT
     key = str(name).lower()
-    if key not in _FACTORIES:
+    if key == "auto":
+        _CURRENT = _auto()
+    elif key in _FACTORIES:
+        _CURRENT = _FACTORIES[key](**options)
+    else:
         raise ValueError(
             f"set_backend: expected `name` to be one of {available_backends()}, received {name!r}"
         )
-    _CURRENT = _FACTORIES[key]()
     return _CURRENT
 
 

@@ -41,32 +41,59 @@ class Backend:
         """Rows ``data[index]`` cast to ``dtype``: the batch a training step reads.
 
         Shapes:
-            data: (N, ...)   index: (B,) integers   ->  (B, ...)
+            data: (N, ...)   index: (B,) integers   ->  (B, ...)   (written to ``out`` if given)
         """
         rows = data[index]
         if out is None:
-            return rows.astype(dtype, copy=False)
-        out[...] = rows
+            return self.asarray(rows.astype(dtype, copy=False))
+        out[...] = self.asarray(rows)
         return out
+
+    def matmul(self, a, b, out=None):
+        """``a · b`` (BLAS on the CPU, cuBLAS on the GPU), into ``out`` when given."""
+        return self.xp.matmul(a, b, out=out)
 
     # -- layers --------------------------------------------------------------------------------
 
-    def dense_forward(self, x, kernel, bias, activation):
-        """Fused Dense forward: ``z = x · kernel + bias``, ``y = activation(z)``; returns (z, y)."""
-        z = F.dense_forward(x, kernel, bias)
-        return z, activation.forward(z)
+    def dense_forward(self, x, kernel, bias, activation, out=None):
+        """Fused Dense forward: ``z = x · kernel + bias``, ``y = activation(z)``.
 
-    def dense_backward(self, dy, x, kernel, z, y, activation, need_dx=True):
-        """Fused Dense backward: ``dz = activation'(dy)``, then the affine gradients.
+        Args:
+            out: optional preallocated ``(z, y)`` buffers of shape (N, M).
 
         Returns:
-            ``(dx, dkernel, dbias)``; ``dx`` is None when ``need_dx`` is False.
+            ``(z, y)``; for a linear activation ``y`` is ``z``.
         """
+        z = self.matmul(x, kernel, out=None if out is None else out[0])
+        if bias is not None:
+            z += bias
+        return z, activation.forward(z)
+
+    def dense_backward(self, dy, x, kernel, z, y, activation, need_dx=True, out=None):
+        """Fused Dense backward: ``dz = f'(z) ⊙ dy``, then the affine gradients.
+
+        Math:
+            dkernel = xᵀ · dz      dbias = Σ_n dz[n]      dx = dz · kernelᵀ
+
+        Args:
+            need_dx: skip ``dx`` (returned as None) when False.
+            out: optional preallocated ``(dkernel, dbias, dx, dz)``; entries may be None.
+
+        Returns:
+            ``(dx, dkernel, dbias)``.
+        """
+        dkernel_out, dbias_out, dx_out, _ = out or (None, None, None, None)
         dz = activation.backward(dy, z, y)
-        return F.dense_backward(dz, x, kernel, need_dx=need_dx)
+        dkernel = self.matmul(x.T, dz, out=dkernel_out)
+        dbias = dz.sum(axis=0, out=dbias_out)
+        dx = self.matmul(dz, kernel.T, out=dx_out) if need_dx else None
+        return dx, dkernel, dbias
 
     def softmax_cross_entropy(self, logits, target):
-        """Fused softmax cross-entropy: returns ``(mean loss, dlogits = (p − t) / N)``."""
+        """Fused softmax cross-entropy: returns ``(mean loss, dlogits = (p − t) / N)``.
+
+        ``target`` holds integer labels (N,) or one-hot rows (N, C).
+        """
         return F.softmax_cross_entropy(logits, target)
 
     # -- optimizers (all in place) -------------------------------------------------------------

@@ -9,6 +9,10 @@
   model sets it on layers with nothing trainable upstream) ``dx`` may be skipped and None returned.
 - ``params`` and ``grads`` are dicts keyed by Keras's weight names (``kernel``, ``bias``...), in
   Keras's order, so ``get_weights()``/``set_weights()`` interoperate with Keras models.
+
+Inside a model's training and evaluation loops ``reuse_buffers`` is True: layers then write their
+outputs, gradients and ``grads[k]`` into preallocated arrays (so a step allocates nothing), and
+what ``forward``/``backward`` return is only valid until the next call.
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ class Layer:
         self.input_shape: tuple | None = None
         self.output_shape: tuple | None = None
         self.input_grad = True
+        self.reuse_buffers = False
+        self._buffers: dict = {}
         self._cache = None
         self._rng = None
 
@@ -88,6 +94,22 @@ class Layer:
         value = initializer(shape, self.dtype, rng=generator(self))
         self.params[name] = get_backend().asarray(value)
         return self.params[name]
+
+    def _buffer(self, key: str, shape: tuple, dtype):
+        """A preallocated array for ``key`` when ``reuse_buffers`` is on, else None."""
+        if not self.reuse_buffers:
+            return None
+        xp = get_backend().xp
+        slot = (key, tuple(shape), np.dtype(dtype).str, xp.__name__)
+        buf = self._buffers.get(slot)
+        if buf is None:
+            buf = self._buffers[slot] = xp.empty(shape, dtype=dtype)
+        return buf
+
+    def _grad_buffer(self, key: str):
+        """``grads[key]`` to be overwritten in place, when buffers are reused and it exists."""
+        grad = self.grads.get(key) if self.reuse_buffers else None
+        return grad if grad is not None and grad.shape == self.params[key].shape else None
 
     def _ensure_built(self, x) -> None:
         if not self.built:

@@ -63,8 +63,13 @@ class Dense(Layer):
             )
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
+        shape = (x2.shape[0], self.units)
+        out = None
+        if self.reuse_buffers:
+            y_buf = None if self.activation.name == "linear" else self._buffer("y", shape, x.dtype)
+            out = (self._buffer("z", shape, x.dtype), y_buf)
         z, y = get_backend().dense_forward(
-            x2, self.params["kernel"], self.params.get("bias"), self.activation
+            x2, self.params["kernel"], self.params.get("bias"), self.activation, out=out
         )
         self._cache = (x2, z, y, lead)
         return y.reshape(lead + (self.units,))
@@ -76,19 +81,22 @@ class Dense(Layer):
 
     def backward(self, dy):
         x2, z, y, lead = self._cache
-        dx, dkernel, dbias = get_backend().dense_backward(
-            dy.reshape(-1, self.units), x2, self.params["kernel"], z, y, self.activation,
-            need_dx=self.input_grad,
-        )
-        return self._store_grads(dx, dkernel, dbias, lead)
+        return self._backward(dy.reshape(-1, self.units), z, y, self.activation)
 
     def backward_from_logits(self, dz):
         """Backward from the gradient w.r.t. the pre-activation ``z`` (skips f'): used by the
         fused softmax + cross-entropy, whose gradient ``(p − t) / N`` is already ``dz``."""
+        return self._backward(dz, None, None, activations.get("linear"))
+
+    def _backward(self, dy2, z, y, activation):
         x2, _, _, lead = self._cache
+        out = None
+        if self.reuse_buffers:
+            dx_buf = self._buffer("dx", x2.shape, x2.dtype) if self.input_grad else None
+            out = (self._grad_buffer("kernel"), self._grad_buffer("bias") if self.use_bias
+                   else None, dx_buf, self._buffer("dz", dy2.shape, dy2.dtype))
         dx, dkernel, dbias = get_backend().dense_backward(
-            dz, x2, self.params["kernel"], None, None, activations.get("linear"),
-            need_dx=self.input_grad,
+            dy2, x2, self.params["kernel"], z, y, activation, need_dx=self.input_grad, out=out,
         )
         return self._store_grads(dx, dkernel, dbias, lead)
 

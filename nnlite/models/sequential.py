@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -95,6 +96,9 @@ class Sequential:
         self.stop_training = False
         self.history = None
         self._fused = False
+        self._packed_key = None
+        self._packed: list = []
+        self._batch_buffers: dict = {}
         for layer in layers or []:
             self.add(layer)
 
@@ -279,10 +283,53 @@ class Sequential:
         return loss
 
     def _grads_and_vars(self):
+        if self._packed:
+            return self._packed
+        return [(layer.grads[key], param) for layer in self.layers if layer.trainable
+                for key, param in layer.params.items()]
+
+    def _pack_parameters(self) -> None:
+        """Move all trainable parameters into one flat array per dtype (and their gradients into
+        another), leaving views in each layer's ``params``/``grads``: an optimizer step is then
+        one element-wise pass over a single vector instead of one call per parameter."""
+        backend = get_backend()
+        key = (backend.name, tuple((id(layer), layer.trainable) for layer in self.layers))
+        if key == self._packed_key:
+            return
+        groups: dict = {}
         for layer in self.layers:
             if layer.trainable:
-                for key, param in layer.params.items():
-                    yield layer.grads[key], param
+                for name, param in layer.params.items():
+                    groups.setdefault(np.dtype(param.dtype), []).append((layer, name, param))
+        packed = []
+        for dtype, items in groups.items():
+            total = sum(int(param.size) for _, _, param in items)
+            flat = backend.xp.empty(total, dtype=dtype)
+            flat_grad = backend.xp.zeros(total, dtype=dtype)
+            start = 0
+            for layer, name, param in items:
+                stop = start + int(param.size)
+                view = flat[start:stop].reshape(param.shape)
+                view[...] = backend.asarray(param)
+                layer.params[name] = view
+                layer.grads[name] = flat_grad[start:stop].reshape(param.shape)
+                start = stop
+            packed.append((flat_grad, flat))
+        self._packed, self._packed_key = packed, key
+
+    @contextmanager
+    def _loop(self, training: bool):
+        """The model's own loops: layers reuse preallocated buffers; parameters are packed."""
+        if training:
+            self._pack_parameters()
+        previous = [layer.reuse_buffers for layer in self.layers]
+        for layer in self.layers:
+            layer.reuse_buffers = True
+        try:
+            yield
+        finally:
+            for layer, flag in zip(self.layers, previous):
+                layer.reuse_buffers = flag
 
     def _train_step(self, x, y):
         y_pred = self._forward(x, training=True)
@@ -299,12 +346,17 @@ class Sequential:
         return loss, y_pred
 
     def _batch(self, data, index):
-        backend = get_backend()
+        """The input rows ``data[index]`` in floatx, gathered into a reused buffer in loops."""
         dtype = np.dtype(config.floatx())
-        rows = data[index]
-        if rows.dtype != dtype:
-            rows = rows.astype(dtype)
-        return backend.asarray(rows)
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(data.shape[0]))
+        shape = (len(index),) + tuple(data.shape[1:])
+        out = None
+        if self.layers and self.layers[0].reuse_buffers:
+            out = self._batch_buffers.get(shape)
+            if out is None or out.dtype != dtype or not _on_backend(out):
+                out = self._batch_buffers[shape] = get_backend().xp.empty(shape, dtype=dtype)
+        return get_backend().gather(data, index, dtype, out=out)
 
     def _targets(self, y, index):
         return get_backend().asarray(y[index])
@@ -343,6 +395,7 @@ class Sequential:
             split = int(math.floor(x.shape[0] * (1.0 - validation_split)))
             validation_data = (x[split:], y[split:])
             x, y = x[:split], y[:split]
+        x_val = y_val = None
         if validation_data is not None:
             if len(validation_data) != 2:
                 raise ValueError(
@@ -359,8 +412,17 @@ class Sequential:
         cbs = CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self,
                            verbose=verbose, epochs=epochs, steps=steps)
         self.stop_training = False
-        rng = generator(self)
         cbs.on_train_begin()
+        with self._loop(training=True):
+            logs = self._fit_epochs(x, y, x_val, y_val, batch_size, epochs, initial_epoch,
+                                    shuffle, steps, cbs)
+        cbs.on_train_end(logs)
+        return self.history
+
+    def _fit_epochs(self, x, y, x_val, y_val, batch_size, epochs, initial_epoch, shuffle,
+                    steps, cbs) -> dict:
+        n = x.shape[0]
+        rng = generator(self)
         logs = {}
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
@@ -384,14 +446,13 @@ class Sequential:
                 if self.stop_training:
                     break
             logs = tracker.result()
-            if validation_data is not None:
+            if x_val is not None:
                 val = self._run_test(x_val, y_val, batch_size, None, 0)
                 logs.update({f"val_{k}": v for k, v in val.items()})
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
-        cbs.on_train_end(logs)
-        return self.history
+        return logs
 
     def _check_batch_size(self, batch_size, what: str) -> int:
         if batch_size is None:
@@ -410,13 +471,14 @@ class Sequential:
                            epochs=1, steps=steps)
         cbs.on_test_begin()
         tracker = _RunningMeans(self.metrics)
-        for step in range(steps):
-            cbs.on_test_batch_begin(step)
-            index = slice(step * batch_size, (step + 1) * batch_size)
-            yb = self._targets(y, index)
-            loss, y_pred = self._test_step(self._batch(x, index), yb)
-            tracker.update(loss, yb, y_pred)
-            cbs.on_test_batch_end(step, tracker.result())
+        with self._loop(training=False):
+            for step in range(steps):
+                cbs.on_test_batch_begin(step)
+                index = slice(step * batch_size, (step + 1) * batch_size)
+                yb = self._targets(y, index)
+                loss, y_pred = self._test_step(self._batch(x, index), yb)
+                tracker.update(loss, yb, y_pred)
+                cbs.on_test_batch_end(step, tracker.result())
         logs = tracker.result()
         cbs.on_test_end(logs)
         return logs
@@ -453,11 +515,14 @@ class Sequential:
         cbs.on_predict_begin()
         backend = get_backend()
         out = []
-        for step in range(steps):
-            cbs.on_predict_batch_begin(step)
-            index = slice(step * batch_size, (step + 1) * batch_size)
-            out.append(backend.to_numpy(self._forward(self._batch(x, index), training=False)))
-            cbs.on_predict_batch_end(step)
+        with self._loop(training=False):
+            for step in range(steps):
+                cbs.on_predict_batch_begin(step)
+                index = slice(step * batch_size, (step + 1) * batch_size)
+                y = self._forward(self._batch(x, index), training=False)
+                # A copy: the layers' output buffers are reused by the next batch.
+                out.append(np.array(backend.to_numpy(y)))
+                cbs.on_predict_batch_end(step)
         cbs.on_predict_end()
         if not out:
             return np.zeros((0,) + tuple(self.output_shape[1:]), dtype=config.floatx())
@@ -475,7 +540,8 @@ class Sequential:
         y = self._check_y(y, x.shape[0], "train_on_batch")
         index = slice(None)
         yb = self._targets(y, index)
-        loss, y_pred = self._train_step(self._batch(x, index), yb)
+        with self._loop(training=True):
+            loss, y_pred = self._train_step(self._batch(x, index), yb)
         tracker = _RunningMeans(self.metrics)
         tracker.update(loss, yb, y_pred)
         return self._format_logs(tracker.result(), return_dict)
@@ -598,6 +664,11 @@ class Sequential:
         print_fn(f" Trainable params: {trainable:,} ({_bytes(trainable * itemsize)})")
         print_fn(f" Non-trainable params: {total - trainable:,} "
                  f"({_bytes((total - trainable) * itemsize)})")
+
+
+def _on_backend(array) -> bool:
+    """True when ``array`` belongs to the current backend's array module."""
+    return type(array).__module__.split(".")[0] == get_backend().xp.__name__
 
 
 def _bytes(n: int) -> str:

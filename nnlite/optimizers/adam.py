@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import numpy as np
 
 from nnlite.backend import get_backend
 from nnlite.optimizers.base import Optimizer, keras_scalar
@@ -21,8 +21,8 @@ class Adam(Optimizer):
         alpha = lr · √(1 − β₂ᵗ) / (1 − β₁ᵗ)
         p ← p − alpha · m / (√v + ε̂)
 
-    Keras-exact: lr, β₁ and β₂ in the bias correction are rounded to float32 (``keras_scalar``);
-    the (1 − β) factors and ε̂ are used at full precision, as Keras does.
+    Keras-exact: β₁ and β₂ inside the powers βᵗ are rounded to float32, as Keras's ``ops.cast``
+    does (``keras_scalar``); lr, the (1 − β) factors (computed in double) and ε̂ are exact.
     """
 
     def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999,
@@ -40,9 +40,10 @@ class Adam(Optimizer):
 
     def update_step(self, grad, param, state, lr):
         dtype = param.dtype
-        t = self.iterations + 1
+        t = dtype.type(self.iterations + 1)
         b1, b2 = keras_scalar(self.beta_1, dtype), keras_scalar(self.beta_2, dtype)
-        alpha = keras_scalar(lr, dtype) * math.sqrt(1 - b2**t) / (1 - b1**t)
+        # Computed in the parameters' dtype, in Keras's order: (lr · √(1 − β₂ᵗ)) / (1 − β₁ᵗ).
+        alpha = dtype.type(lr) * np.sqrt(1 - b2**t) / (1 - b1**t)
         get_backend().adam_update(
             param, grad, state["m"], state["v"], dtype.type(alpha),
             dtype.type(1 - self.beta_1), dtype.type(1 - self.beta_2), dtype.type(self.epsilon),

@@ -8,12 +8,14 @@ from nnlite.backend import get_backend
 
 
 def keras_scalar(value: float, dtype) -> np.floating:
-    """A hyperparameter as Keras on TensorFlow feeds it to an update of parameters of ``dtype``.
+    """A hyperparameter as Keras on TensorFlow feeds it through ``ops.cast`` to a ``dtype`` update.
 
-    Keras keeps the learning rate in a float32 variable and passes Python-float hyperparameters
-    through ``tf.cast``, which converts them to float32 first; so even in float64 training they
-    carry float32 rounding (β₁ = 0.9 is used as 0.89999997615814209). nnlite reproduces this so
-    that float64 runs agree with Keras to ~1e-15 instead of drifting by ~1e-6 after one step.
+    ``ops.cast(python_float, "float64")`` calls ``tf.cast``, which converts the Python float to a
+    float32 tensor first: β₁ = 0.9 arrives as 0.89999997615814209 even in float64 training. Keras
+    does this to SGD's momentum and to Adam's β₁, β₂ inside the powers βᵗ; other hyperparameters
+    enter through ``ops.multiply``/``ops.add`` (exact) and the learning rate lives in a floatx
+    variable (exact in float64 runs). nnlite reproduces each case where it occurs, so float64
+    runs agree with Keras to ~1e-15 instead of drifting by ~1e-6 after one step.
     """
     return np.dtype(dtype).type(np.float32(value))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nnlite.backend import get_backend
-from nnlite.optimizers.base import Optimizer, keras_scalar
+from nnlite.optimizers.base import Optimizer
 
 
 class RMSprop(Optimizer):
@@ -21,7 +21,7 @@ class RMSprop(Optimizer):
         step = lr · g / √(d + ε)
         p ← p − step                        (momentum: u ← μ·u + step;  p ← p − u)
 
-    Keras-exact: lr is rounded to float32 (``keras_scalar``).
+    Keras-exact: every hyperparameter is used exactly in the parameters' dtype, as Keras does.
     """
 
     def __init__(self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0,
@@ -45,7 +45,7 @@ class RMSprop(Optimizer):
     def update_step(self, grad, param, state, lr):
         t = param.dtype.type
         get_backend().rmsprop_update(
-            param, grad, state["velocity"], keras_scalar(lr, param.dtype), t(self.rho),
+            param, grad, state["velocity"], t(lr), t(self.rho),
             t(1 - self.rho), t(self.epsilon),
             momentum=t(self.momentum) if self.momentum > 0 else None,
             velocity=state.get("momentum"), mean_grad=state.get("average_gradient"),

@@ -19,7 +19,8 @@ class SGD(Optimizer):
         momentum    v ← μ·v − lr·g;   p ← p + v
         nesterov    v ← μ·v − lr·g;   p ← p + μ·v − lr·g
 
-    Keras-exact: lr and μ are rounded to float32 before use (see ``keras_scalar``).
+    Keras-exact: μ is rounded to float32 before use, as Keras's ``ops.cast`` does
+    (``keras_scalar``); lr is exact in the parameters' dtype.
     """
 
     def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False,
@@ -35,7 +36,7 @@ class SGD(Optimizer):
 
     def update_step(self, grad, param, state, lr):
         dtype = param.dtype
-        lr = keras_scalar(lr, dtype)
+        lr = dtype.type(lr)
         if self.momentum == 0:
             get_backend().sgd_update(param, grad, lr)
         else:

@@ -1,0 +1,176 @@
+"""The Numba backend: NumPy arrays, BLAS GEMMs, and fused Numba kernels around them.
+
+It overrides only what it speeds up (see :mod:`nnlite.backend.numba_kernels` for the loops):
+
+- Dense forward: BLAS ``x · kernel`` into a preallocated buffer, then one fused pass for the bias
+  and the activation;
+- Dense backward: one fused pass for the activation gradient and the bias reduction, then BLAS;
+- softmax cross-entropy: loss and ``dlogits`` in one pass over the logits;
+- SGD / momentum / Adam / RMSprop: one element-wise pass over a whole parameter vector (the model
+  packs all its parameters into one flat array, so a step is one kernel call);
+- batch gather with the cast to the working dtype.
+
+GEMMs stay in BLAS unless ``gemm="blocked"`` selects the hand-written blocked kernel (for the
+kernel benchmark and for teaching). Kernels are compiled on first use and cached on disk
+(``cache=True``), so the compile cost is paid once per machine; :meth:`NumbaBackend.warmup`
+compiles everything up front and reports the time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from nnlite.backend import numba_kernels as K
+from nnlite.backend.numpy_backend import Backend
+
+
+def _flat(a):
+    """A 1-D view of a C-contiguous array (never a copy)."""
+    return a.reshape(-1) if a.flags.c_contiguous else None
+
+
+class NumbaBackend(Backend):
+    """CPU backend with fused Numba kernels.
+
+    Args:
+        gemm: "blas" (default: NumPy's BLAS) or "blocked" (the Numba blocked kernel).
+    """
+
+    name = "numba"
+
+    def __init__(self, gemm: str = "blas"):
+        super().__init__()
+        if gemm not in ("blas", "blocked"):
+            raise ValueError(
+                f"NumbaBackend: expected `gemm` to be 'blas' or 'blocked', received {gemm!r}"
+            )
+        self.gemm = gemm
+
+    def gather(self, data, index, dtype, out=None):
+        if out is None:
+            out = np.empty((len(index),) + data.shape[1:], dtype=dtype)
+        index = np.asarray(index)
+        if index.dtype.kind not in "iu" or data.ndim < 2 or not data.flags.c_contiguous:
+            return super().gather(data, index, dtype, out)
+        rows, flat_out = data.reshape(data.shape[0], -1), out.reshape(out.shape[0], -1)
+        K.gather_rows(flat_out.size, rows, index, flat_out)
+        return out
+
+    def matmul(self, a, b, out=None):
+        if self.gemm == "blas" or a.ndim != 2 or b.ndim != 2:
+            return np.matmul(a, b, out=out)
+        if out is None:
+            out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+        K.matmul_blocked(out.size, np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+        return out
+
+    def dense_forward(self, x, kernel, bias, activation, out=None):
+        z_out, y_out = out if out is not None else (None, None)
+        z = self.matmul(x, kernel, out=z_out)
+        code = K.CODES.get(activation.name)
+        if code is None or not z.flags.c_contiguous:
+            return super().dense_forward(x, kernel, bias, activation, out)
+        if code == K.LINEAR:
+            if bias is not None:
+                z += bias
+            return z, z
+        y = y_out if y_out is not None else np.empty_like(z)
+        has_bias = bias is not None
+        K.bias_activation_forward(z.size, z, bias if has_bias else z[0], has_bias, code, y)
+        return z, y
+
+    def dense_backward(self, dy, x, kernel, z, y, activation, need_dx=True, out=None):
+        dkernel_out, dbias_out, dx_out, dz_out = out or (None, None, None, None)
+        code = K.CODES.get(activation.name)
+        if code is None or not dy.flags.c_contiguous:
+            return super().dense_backward(dy, x, kernel, z, y, activation, need_dx, out)
+        dbias = dbias_out if dbias_out is not None else np.empty(dy.shape[1], dtype=dy.dtype)
+        if code == K.LINEAR:
+            dz = dy
+            dy.sum(axis=0, out=dbias)
+        else:
+            dz = dz_out if dz_out is not None else np.empty_like(dy)
+            K.activation_backward_bias(dy.size, dy, z, y, code, dz, dbias, True)
+        dkernel = self.matmul(x.T, dz, out=dkernel_out)
+        dx = self.matmul(dz, kernel.T, out=dx_out) if need_dx else None
+        return dx, dkernel, dbias
+
+    def softmax_cross_entropy(self, logits, target):
+        if not logits.flags.c_contiguous or logits.ndim != 2:
+            return super().softmax_cross_entropy(logits, target)
+        dlogits = np.empty_like(logits)
+        if target.ndim == 1:
+            loss = K.softmax_xent_sparse(logits.size, logits, target, dlogits)
+        else:
+            target = np.ascontiguousarray(target, dtype=logits.dtype)
+            loss = K.softmax_xent_dense(logits.size, logits, target, dlogits)
+        return logits.dtype.type(loss), dlogits
+
+    def sgd_update(self, param, grad, lr, momentum=None, velocity=None, nesterov=False):
+        p, g = _flat(param), _flat(grad)
+        v = None if velocity is None else _flat(velocity)
+        if p is None or g is None or (velocity is not None and v is None):
+            return super().sgd_update(param, grad, lr, momentum, velocity, nesterov)
+        if v is None:
+            K.sgd_update(p.size, p, g, lr)
+        else:
+            K.sgd_momentum_update(p.size, p, g, v, lr, momentum, bool(nesterov))
+
+    def adam_update(self, param, grad, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
+        flats = [_flat(a) for a in (param, grad, m, v)]
+        if any(f is None for f in flats):
+            return super().adam_update(param, grad, m, v, alpha, one_minus_beta_1,
+                                       one_minus_beta_2, epsilon)
+        K.adam_update(flats[0].size, *flats, alpha, one_minus_beta_1, one_minus_beta_2, epsilon)
+
+    def rmsprop_update(self, param, grad, v, lr, rho, one_minus_rho, epsilon,
+                       momentum=None, velocity=None, mean_grad=None):
+        arrays = [param, grad, v, velocity, mean_grad]
+        flats = [None if a is None else _flat(a) for a in arrays]
+        if any(a is not None and f is None for a, f in zip(arrays, flats)):
+            return super().rmsprop_update(param, grad, v, lr, rho, one_minus_rho, epsilon,
+                                          momentum, velocity, mean_grad)
+        p, g, vv, u, mg = flats
+        dummy = p[:0]
+        K.rmsprop_update(
+            p.size, p, g, vv, lr, rho, one_minus_rho, epsilon,
+            p.dtype.type(0 if momentum is None else momentum), dummy if u is None else u,
+            u is not None, dummy if mg is None else mg, mg is not None,
+        )
+
+    def warmup(self, dtypes=("float32", "float64")) -> float:
+        """Compile (or load from the disk cache) every kernel for ``dtypes``; returns seconds."""
+        start = time.perf_counter()
+        saved = K.PARALLEL_THRESHOLD
+        try:
+            for threshold in (0, 1 << 62):  # the parallel bindings, then the serial ones
+                K.PARALLEL_THRESHOLD = threshold
+                self._exercise(dtypes)
+        finally:
+            K.PARALLEL_THRESHOLD = saved
+        return time.perf_counter() - start
+
+    def _exercise(self, dtypes):
+        from nnlite import activations
+
+        for name in dtypes:
+            dt = np.dtype(name)
+            x = np.ones((2, 3), dt)
+            w = np.ones((3, 4), dt)
+            b = np.zeros(4, dt)
+            for act in ("relu", "sigmoid", "tanh", "softmax"):
+                z, y = self.dense_forward(x, w, b, activations.get(act))
+                self.dense_backward(y, x, w, z, y, activations.get(act))
+            self.softmax_cross_entropy(y, np.zeros(2, np.int64))
+            self.softmax_cross_entropy(y, np.ones((2, 4), dt))
+            p, g, s1, s2 = (np.zeros(4, dt) for _ in range(4))
+            one = dt.type(0.5)
+            self.sgd_update(p, g, one)
+            self.sgd_update(p, g, one, one, s1, True)
+            self.adam_update(p, g, s1, s2, one, one, one, one)
+            self.rmsprop_update(p, g, s1, one, one, one, one)
+            self.rmsprop_update(p, g, s1, one, one, one, one, one, s2, np.zeros(4, dt))
+            for data in (np.zeros((3, 4), np.uint8), np.zeros((3, 4), dt)):
+                self.gather(data, np.arange(2), dt)
