@@ -481,6 +481,21 @@ class CallbackList(Callback):
         """The `History` callback in the list, or ``None``."""
         return self._history
 
+    @property
+    def wants_batch_logs(self) -> bool:
+        """Whether any callback reads per-batch logs (a live progress bar or a user callback).
+
+        ``fit`` skips computing them otherwise, which on a GPU saves a host synchronisation
+        per step; the last batch of each epoch always gets its logs.
+        """
+        for cb in self.callbacks:
+            if isinstance(cb, History):
+                continue
+            if isinstance(cb, ProgbarLogger) and cb.verbose != 1:
+                continue
+            return True
+        return False
+
     def _add_default_callbacks(self, add_history: bool, add_progbar: bool) -> None:
         for cb in self.callbacks:
             if isinstance(cb, ProgbarLogger):

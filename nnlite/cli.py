@@ -52,6 +52,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="use only the first N training and N test images (quick runs)")
 
 
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("auto", "numpy", "numba", "cupy"), default="auto",
+                   help="compute backend; auto picks CuPy with a working GPU, else Numba, "
+                   "else NumPy (default: auto)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for BLAS and Numba kernels (default: the libraries' own)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nnlite`` command."""
     parser = argparse.ArgumentParser(
@@ -73,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="0 silent, 1 progress bar, 2 one line per epoch (default: 2)")
     train.add_argument("--save", metavar="PATH", default=None,
                        help="write the trained weights to PATH (.npz)")
+    _add_runtime_args(train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate saved weights on the MNIST test set",
                               description="Evaluate weights written by `nnlite train --save`; "
@@ -122,8 +131,11 @@ def cmd_train(args) -> int:
     nnlite.utils.set_random_seed(args.seed)
     (x_train, y_train), (x_test, y_test) = _load_mnist(args.limit, args.dtype)
     model = build_mlp(args.hidden, args.activation)
-    optimizer = nnlite.optimizers.get(args.optimizer)
-    optimizer.learning_rate = args.lr
+    optimizer_class = type(nnlite.optimizers.get(args.optimizer))
+    try:
+        optimizer = optimizer_class(learning_rate=args.lr)
+    except ValueError as exc:
+        raise SystemExit(f"nnlite train: --lr: {exc}") from None
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     widths = "-".join(str(w) for w in [784, *args.hidden, 10])

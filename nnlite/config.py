@@ -13,6 +13,8 @@ from __future__ import annotations
 _FLOATX = "float32"
 _EPSILON = 1e-7
 _VALID_FLOATX = ("float32", "float64")
+_THREADS: int | None = None
+_BLAS_LIMITER = None
 
 
 def floatx() -> str:
@@ -47,3 +49,46 @@ def set_epsilon(value: float) -> None:
     """Set the fuzz factor returned by :func:`epsilon`."""
     global _EPSILON
     _EPSILON = float(value)
+
+
+def threads() -> int | None:
+    """The thread count set by :func:`set_threads` (None: the libraries' own defaults)."""
+    return _THREADS
+
+
+def set_threads(count: int | None) -> None:
+    """Set how many threads BLAS and Numba kernels use.
+
+    On a small machine shared with other work, one thread per library is often fastest for
+    small models: BLAS threads spin while they wait and compete with Numba's. ``None`` restores
+    the libraries' defaults.
+
+    Args:
+        count: a positive thread count, or None.
+
+    Raises:
+        ValueError: for a count below 1.
+    """
+    global _THREADS, _BLAS_LIMITER
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        raise ValueError(f"set_threads: expected a positive int or None, received {count!r}")
+    _THREADS = count
+    from threadpoolctl import threadpool_limits
+
+    if _BLAS_LIMITER is not None:
+        _BLAS_LIMITER.restore_original_limits()
+        _BLAS_LIMITER = None
+    if count is not None:
+        _BLAS_LIMITER = threadpool_limits(limits=count, user_api="blas")
+    apply_numba_threads()
+
+
+def apply_numba_threads() -> None:
+    """Apply the :func:`set_threads` count to Numba, when Numba is loaded."""
+    import sys
+
+    numba = sys.modules.get("numba")
+    if numba is None:
+        return
+    limit = numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(limit if _THREADS is None else min(_THREADS, limit))

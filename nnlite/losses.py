@@ -52,17 +52,16 @@ class Loss:
 
 
 def _check_labels(labels, num_classes: int):
-    """Validate sparse integer labels against ``num_classes``; returns them as int64 (N,)."""
+    """Validate integer class labels against ``num_classes``; returns them flat, as int64."""
     xp = F.get_array_module(labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels.reshape(-1)
-    if labels.ndim != 1:
-        raise ValueError(
-            "SparseCategoricalCrossentropy: expected integer labels of shape (batch,), "
-            f"received shape {tuple(labels.shape)} (use CategoricalCrossentropy for one-hot)"
-        )
-    if labels.dtype.kind == "f" and not bool(xp.all(labels == xp.floor(labels))):
-        raise ValueError("SparseCategoricalCrossentropy: labels must be whole numbers")
+    labels = labels.reshape(-1)
+    if labels.dtype.kind == "f":
+        fractional = labels != xp.floor(labels)
+        if bool(xp.any(fractional)):
+            raise ValueError(
+                "SparseCategoricalCrossentropy: labels must be whole numbers, received "
+                f"{float(labels[fractional][0])!r}"
+            )
     labels = labels.astype(xp.int64, copy=False)
     if labels.size:
         low, high = int(labels.min()), int(labels.max())
@@ -84,32 +83,54 @@ class _Crossentropy(Loss):
         if name is not None:
             self.name = name
 
-    def _target(self, y_true, y_pred):
+    def _rows(self, y_true, y_pred):
+        """Predictions as rows (R, C) and the targets of those rows, checked.
+
+        Predictions of shape (N, ..., C) count every position as a sample, so the mean runs over
+        all N·... rows, as Keras's "sum_over_batch_size" reduction does.
+        """
+        c = y_pred.shape[-1]
+        rows = y_pred.reshape(-1, c)
         if self.sparse:
-            return _check_labels(y_true, y_pred.shape[-1])
-        if tuple(y_true.shape) != tuple(y_pred.shape):
+            shape = tuple(y_true.shape)
+            labels = _check_labels(y_true, c)
+            if labels.shape[0] != rows.shape[0]:
+                hint = " (use CategoricalCrossentropy for one-hot targets)" if (
+                    shape == tuple(y_pred.shape)) else ""
+                raise ValueError(
+                    f"{type(self).__name__}: expected one integer label per prediction row, "
+                    f"i.e. targets of shape {tuple(y_pred.shape[:-1])}, received shape {shape} "
+                    f"for predictions of shape {tuple(y_pred.shape)}{hint}"
+                )
+            return labels, rows
+        if y_true.shape[-1] != c or y_true.size != y_pred.size:
             raise ValueError(
-                f"CategoricalCrossentropy: expected targets of shape {tuple(y_pred.shape)} "
+                f"{type(self).__name__}: expected targets of shape {tuple(y_pred.shape)} "
                 f"(one-hot, like the predictions), received {tuple(y_true.shape)}"
             )
-        return y_true.astype(y_pred.dtype, copy=False)
+        return y_true.reshape(-1, c).astype(y_pred.dtype, copy=False), rows
 
     def check_target(self, y_true, y_pred):
-        self._target(y_true, y_pred)
+        self._rows(y_true, y_pred)
 
     def value_and_grad(self, y_true, y_pred):
         """Loss and gradient w.r.t. ``y_pred`` (logits if ``from_logits``, else probabilities)."""
-        target = self._target(y_true, y_pred)
         if self.from_logits:
-            return self.value_and_grad_logits(target, y_pred, checked=True)
-        return self._from_probabilities(target, y_pred)
+            loss, grad = self.value_and_grad_logits(y_true, y_pred)
+        else:
+            target, rows = self._rows(y_true, y_pred)
+            loss, grad = self._from_probabilities(target, rows)
+        return loss, grad.reshape(y_pred.shape)
 
-    def value_and_grad_logits(self, y_true, logits, checked: bool = False):
-        """Fused, stable softmax cross-entropy from logits: ``(loss, (softmax(z) − t)/N)``."""
+    def value_and_grad_logits(self, y_true, logits):
+        """Fused, stable softmax cross-entropy from logits: ``(loss, (softmax(z) − t)/R)``.
+
+        Returns the gradient as rows (R, C), R the number of prediction rows.
+        """
         from nnlite.backend import get_backend
 
-        target = y_true if checked else self._target(y_true, logits)
-        return get_backend().softmax_cross_entropy(logits, target)
+        target, rows = self._rows(y_true, logits)
+        return get_backend().softmax_cross_entropy(rows, target)
 
     def _from_probabilities(self, target, p):
         """Keras's cross-entropy of probabilities that did not come from a fused softmax.

@@ -132,10 +132,15 @@ def get(identifier) -> Metric:
 
 
 def _labels(y):
+    """Class labels from labels, one-hot rows, scores, or single-column probabilities."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:
         return y.argmax(axis=1)
-    return y.reshape(-1).astype(np.int64)
+    y = y.reshape(-1)
+    if y.dtype.kind == "f" and np.any(y != np.floor(y)):
+        # Single-column scores (a sigmoid output): class 1 above 0.5, as binary accuracy.
+        return (y > 0.5).astype(np.int64)
+    return y.astype(np.int64)
 
 
 def accuracy_score(y_true, y_pred) -> float:
@@ -172,6 +177,8 @@ def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarr
             f"received {t.shape[0]} and {p.shape[0]}"
         )
     k = int(max(t.max(initial=-1), p.max(initial=-1)) + 1) if num_classes is None else num_classes
-    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= k):
-        raise ValueError(f"confusion_matrix: labels must lie in [0, {k}), received out-of-range")
+    both = np.concatenate([t, p])
+    bad = both[(both < 0) | (both >= k)]
+    if bad.size:
+        raise ValueError(f"confusion_matrix: labels must lie in [0, {k}), received {int(bad[0])}")
     return np.bincount(t * k + p, minlength=k * k).reshape(k, k)

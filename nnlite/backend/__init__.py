@@ -21,11 +21,22 @@ import sys
 
 from nnlite.backend.numpy_backend import Backend
 
-__all__ = ["Backend", "get_backend", "set_backend", "available_backends", "BackendUnavailable"]
+__all__ = [
+    "Backend",
+    "get_backend",
+    "set_backend",
+    "available_backends",
+    "BackendUnavailable",
+    "OutOfDeviceMemory",
+]
 
 
 class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here (package missing or no working GPU)."""
+
+
+class OutOfDeviceMemory(MemoryError):
+    """Training ran out of (device) memory; the message says what was asked and what to try."""
 
 
 def _numba(**options):

@@ -47,6 +47,9 @@ class NumbaBackend(Backend):
                 f"NumbaBackend: expected `gemm` to be 'blas' or 'blocked', received {gemm!r}"
             )
         self.gemm = gemm
+        from nnlite import config
+
+        config.apply_numba_threads()
 
     def gather(self, data, index, dtype, out=None):
         if out is None:

@@ -20,6 +20,8 @@ class Backend:
     """
 
     name = "numpy"
+    #: Exceptions meaning "the device ran out of memory" (the CuPy backend adds CUDA's).
+    memory_errors: tuple = (MemoryError,)
 
     def __init__(self):
         self.xp = numpy
@@ -36,6 +38,10 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait for queued work to finish (a no-op on the CPU)."""
+
+    def to_device(self, data):
+        """Where a dataset lives during ``fit``: unchanged on the CPU, uploaded once on a GPU."""
+        return data
 
     def gather(self, data, index, dtype, out=None):
         """Rows ``data[index]`` cast to ``dtype``: the batch a training step reads.

@@ -79,6 +79,8 @@ class ReLU(Layer):
             raise ValueError(f"ReLU: expected `max_value` >= 0, received {max_value!r}")
         if negative_slope < 0:
             raise ValueError(f"ReLU: expected `negative_slope` >= 0, received {negative_slope!r}")
+        if threshold < 0:
+            raise ValueError(f"ReLU: expected `threshold` >= 0, received {threshold!r}")
         self.max_value, self.negative_slope, self.threshold = max_value, negative_slope, threshold
 
     def _plain(self):

@@ -37,7 +37,9 @@ def unique_name(base: str) -> str:
 
 
 def _snake_case(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower().replace("re_lu", "relu")
+    """Keras's rule: "Dense" -> "dense", "ReLU" -> "re_lu", "LSTM" -> "lstm"."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def normalize_shape(shape) -> tuple:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from nnlite import backend as backend_module
 from nnlite import config
 from nnlite import losses as losses_module
 from nnlite import metrics as metrics_module
@@ -38,27 +39,49 @@ class NonFiniteLossWarning(UserWarning):
 
 
 class _RunningMeans:
-    """Sample-weighted running means of the loss and metrics over one epoch (Keras's Mean)."""
+    """Sample-weighted running means of the loss and metrics over one epoch, as Keras's Mean.
+
+    Sums accumulate in the loss's dtype (Keras's metric variables are floatx) and, on a GPU
+    backend, on the device: reading :meth:`result` is the only host synchronisation.
+    """
 
     def __init__(self, metrics):
         self.metrics = metrics
         self.count = 0
-        self.loss_sum = 0.0
-        self.metric_sums = [0.0] * len(metrics)
+        self.loss_sum = None
+        self.metric_sums = [None] * len(metrics)
 
     def update(self, loss, y_true, y_pred) -> None:
         n = y_pred.shape[0]
         self.count += n
-        self.loss_sum += float(loss) * n
+        self.loss_sum = _accumulate(self.loss_sum, loss * n)
         for i, metric in enumerate(self.metrics):
-            self.metric_sums[i] += float(metric.values(y_true, y_pred).sum())
+            self.metric_sums[i] = _accumulate(self.metric_sums[i],
+                                              metric.values(y_true, y_pred).sum())
 
     def result(self) -> dict:
         count = max(self.count, 1)
-        logs = {"loss": self.loss_sum / count}
+        logs = {"loss": _mean(self.loss_sum, count)}
         for metric, total in zip(self.metrics, self.metric_sums):
-            logs[metric.name] = total / count
+            logs[metric.name] = _mean(total, count)
         return logs
+
+
+def _out_of_memory(model, backend, batch_size, exc):
+    """A clear error for an out-of-memory failure, with a batch size to try."""
+    return backend_module.OutOfDeviceMemory(
+        f"{model.name}.fit ran out of memory on the {backend.name!r} backend with "
+        f"batch_size={batch_size} ({exc}). Try batch_size={max(1, batch_size // 2)} or a "
+        "smaller model."
+    )
+
+
+def _accumulate(total, value):
+    return value if total is None else total + value
+
+
+def _mean(total, count) -> float:
+    return 0.0 if total is None else float(total / count)
 
 
 class Sequential:
@@ -412,10 +435,18 @@ class Sequential:
         cbs = CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self,
                            verbose=verbose, epochs=epochs, steps=steps)
         self.stop_training = False
+        backend = get_backend()
+        # On a GPU the data are uploaded once; on the CPU this changes nothing.
+        x, y = backend.to_device(x), backend.to_device(y)
+        if x_val is not None:
+            x_val, y_val = backend.to_device(x_val), backend.to_device(y_val)
         cbs.on_train_begin()
-        with self._loop(training=True):
-            logs = self._fit_epochs(x, y, x_val, y_val, batch_size, epochs, initial_epoch,
-                                    shuffle, steps, cbs)
+        try:
+            with self._loop(training=True):
+                logs = self._fit_epochs(x, y, x_val, y_val, batch_size, epochs, initial_epoch,
+                                        shuffle, steps, cbs)
+        except backend.memory_errors as exc:
+            raise _out_of_memory(self, backend, batch_size, exc) from exc
         cbs.on_train_end(logs)
         return self.history
 
@@ -423,10 +454,13 @@ class Sequential:
                     steps, cbs) -> dict:
         n = x.shape[0]
         rng = generator(self)
+        backend = get_backend()
+        # Per-batch logs cost a host synchronisation on a GPU: computed only when shown or used.
+        batch_logs = backend.name != "cupy" or cbs.wants_batch_logs
         logs = {}
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            order = rng.permutation(n) if shuffle else np.arange(n)
+            order = backend.asarray(rng.permutation(n) if shuffle else np.arange(n))
             tracker = _RunningMeans(self.metrics)
             for step in range(steps):
                 cbs.on_train_batch_begin(step)
@@ -434,9 +468,9 @@ class Sequential:
                 yb = self._targets(y, index)
                 loss, y_pred = self._train_step(self._batch(x, index), yb)
                 tracker.update(loss, yb, y_pred)
-                logs = tracker.result()
+                logs = tracker.result() if batch_logs or step == steps - 1 else {}
                 cbs.on_train_batch_end(step, logs)
-                if not math.isfinite(logs["loss"]):
+                if logs and not math.isfinite(logs["loss"]):
                     warnings.warn(
                         f"Epoch {epoch + 1}, step {step + 1}: the loss became {logs['loss']}; "
                         "training stopped. Try a smaller learning rate.",
@@ -455,6 +489,7 @@ class Sequential:
         return logs
 
     def _check_batch_size(self, batch_size, what: str) -> int:
+        """``batch_size`` validated (None means Keras's default, 32)."""
         if batch_size is None:
             return 32
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -614,10 +649,11 @@ class Sequential:
         filepath = os.fspath(filepath)
         if not overwrite and os.path.exists(filepath):
             raise FileExistsError(f"{self.name}.save_weights: {filepath!r} exists")
+        # Keys sort into get_weights() order: layer index, then the weight's index in the layer.
         arrays = {}
         for i, layer in enumerate(self.layers):
-            for key, value in zip(layer.params, layer.get_weights()):
-                arrays[f"{i:03d}/{layer.name}/{key}"] = value
+            for j, (key, value) in enumerate(zip(layer.params, layer.get_weights())):
+                arrays[f"{i:03d}/{j:02d}/{layer.name}/{key}"] = value
         directory = os.path.dirname(os.path.abspath(filepath))
         fd, tmp = tempfile.mkstemp(prefix=".nnlite-", suffix=".npz.tmp", dir=directory)
         try:
