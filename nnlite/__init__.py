@@ -16,7 +16,12 @@ Keras-compatible: code written for Keras 3 runs with ``import nnlite as keras``:
 Importing nnlite needs NumPy only.
 """
 
-from nnlite import (
+from nnlite._cpu import prefer_avx512_blas
+
+# Must run before NumPy loads OpenBLAS: see nnlite/_cpu.py.
+prefer_avx512_blas()
+
+from nnlite import (  # noqa: E402
     activations,
     callbacks,
     config,
@@ -31,9 +36,9 @@ from nnlite import (
     optimizers,
     utils,
 )
-from nnlite.backend import get_backend, set_backend
-from nnlite.layers import Input
-from nnlite.models import Sequential
+from nnlite.backend import get_backend, set_backend  # noqa: E402
+from nnlite.layers import Input  # noqa: E402
+from nnlite.models import Sequential  # noqa: E402
 
 __version__ = "0.1.0"
 

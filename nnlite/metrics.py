@@ -29,17 +29,26 @@ __all__ = [
 ]
 
 
+def _argmax(y):
+    """Index of the largest entry along the last axis, as Keras 3 on TensorFlow ranks them: the
+    first maximum wins, and -0.0 counts as smaller than +0.0."""
+    xp = get_array_module(y)
+    if y.dtype.kind == "f":
+        # Keras's TF argmax replaces -0.0 by -tiny before tf.argmax (a flush-to-zero guard), so
+        # argmax([-0.0, 0.0]) is 1 there while NumPy, which sees equal values, returns 0.
+        y = xp.where((y == 0) & xp.signbit(y), -np.finfo(y.dtype).tiny, y)
+    return xp.argmax(y, axis=-1)
+
+
 def sparse_categorical_accuracy(y_true, y_pred):
     """Per-sample 1.0 where ``argmax(y_pred) == y_true`` (first maximum wins), else 0.0."""
-    xp = get_array_module(y_pred)
     y_true = y_true.reshape(-1) if y_true.ndim > 1 else y_true
-    return (xp.argmax(y_pred, axis=-1) == y_true).astype(y_pred.dtype)
+    return (_argmax(y_pred) == y_true).astype(y_pred.dtype)
 
 
 def categorical_accuracy(y_true, y_pred):
     """Per-sample 1.0 where ``argmax(y_pred) == argmax(y_true)``, else 0.0."""
-    xp = get_array_module(y_pred)
-    return (xp.argmax(y_pred, axis=-1) == xp.argmax(y_true, axis=-1)).astype(y_pred.dtype)
+    return (_argmax(y_pred) == _argmax(y_true)).astype(y_pred.dtype)
 
 
 def binary_accuracy(y_true, y_pred, threshold: float = 0.5):

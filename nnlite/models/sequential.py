@@ -160,14 +160,20 @@ class Sequential:
         return bool(self.layers) and all(layer.built for layer in self.layers)
 
     def build(self, input_shape=None) -> None:
-        """Build every layer for inputs of ``input_shape`` (batch axis included, or not).
+        """Build every layer for inputs of ``input_shape``, batch axis first, as Keras:
+        ``build((None, 784))`` or ``build((32, 784))``.
 
         Raises:
             ValueError: naming the layer, when a layer built earlier expects another shape.
         """
         if input_shape is not None:
             input_shape = tuple(input_shape)
-            self._input_shape = input_shape[1:] if input_shape[0] is None else input_shape
+            if len(input_shape) < 2:
+                raise ValueError(
+                    f"{self.name}.build: expected a shape with a batch axis first, such as "
+                    f"(None, 784), received {input_shape}"
+                )
+            self._input_shape = input_shape[1:]
         if self._input_shape is None:
             raise ValueError(f"{self.name}: the input shape is unknown; add an Input or call fit")
         shape = (None,) + tuple(self._input_shape)
@@ -208,13 +214,15 @@ class Sequential:
                 "mean_squared_error"/"mse") or loss instance.
             metrics: list of metric names ("accuracy", ...) or metric objects.
         """
-        self.optimizer = optimizers_module.get(optimizer)
-        self.loss = losses_module.get(loss) if loss is not None else None
+        # Resolve everything first, so a bad argument leaves the model as it was.
+        resolved_optimizer = optimizers_module.get(optimizer)
+        resolved_loss = losses_module.get(loss) if loss is not None else None
         if metrics is None:
             metrics = []
         elif isinstance(metrics, (str, metrics_module.Metric)):
             metrics = [metrics]
-        self.metrics = [metrics_module.get(m) for m in metrics]
+        resolved_metrics = [metrics_module.get(m) for m in metrics]
+        self.optimizer, self.loss, self.metrics = resolved_optimizer, resolved_loss, resolved_metrics
         self.compiled = True
         self._configure_loss()
 
