@@ -124,6 +124,8 @@ def relu_backward(dy, x, y=None):
 
 def sigmoid(x):
     """Logistic function ``y = 1 / (1 + exp(-x))``."""
+    # TensorFlow computes e / (1 + e) with e = exp(x) (Eigen's logistic) in float64 and a rational
+    # approximation in float32: they differ from this by ≤ 4e-16 and ≤ 5e-7 (tests/reference).
     xp = get_array_module(x)
     # exp(-x) overflows to inf for x < -88 (float32) and the quotient is then exactly 0: silence it.
     with np.errstate(over="ignore"):

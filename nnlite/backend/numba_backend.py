@@ -63,7 +63,8 @@ class NumbaBackend(Backend):
         if out is None:
             out = np.empty((len(index),) + data.shape[1:], dtype=dtype)
         index = np.asarray(index)
-        if index.dtype.kind not in "iu" or data.ndim < 2 or not data.flags.c_contiguous:
+        if (index.dtype.kind not in "iu" or data.ndim < 2 or not data.flags.c_contiguous
+                or not out.flags.c_contiguous):
             return super().gather(data, index, dtype, out)
         rows, flat_out = data.reshape(data.shape[0], -1), out.reshape(out.shape[0], -1)
         K.gather_rows(flat_out.size, rows, index, flat_out)

@@ -97,7 +97,8 @@ def bias_activation_forward(z, bias, has_bias, code, y):
                 v = z[i, j] + bias[j] if has_bias else z[i, j]
                 z[i, j] = v
                 if code == RELU:
-                    y[i, j] = v if v > zero else zero
+                    # Written so that NaN passes through, as np.maximum(z, 0) does.
+                    y[i, j] = zero if v <= zero else v
                 elif code == SIGMOID:
                     # exp(-v) overflows to inf for very negative v; 1/(1+inf) is then exactly 0.
                     y[i, j] = one / (one + math.exp(-v))

@@ -324,7 +324,10 @@ class Sequential:
         another), leaving views in each layer's ``params``/``grads``: an optimizer step is then
         one element-wise pass over a single vector instead of one call per parameter."""
         backend = get_backend()
-        key = (backend.name, tuple((id(layer), layer.trainable) for layer in self.layers))
+        # Keyed on the array module, not the backend name: NumPy and Numba share arrays, and
+        # repacking would start the optimizer's state (keyed by the flat array) from zero.
+        key = (backend.xp.__name__,
+               tuple((id(layer), layer.trainable) for layer in self.layers))
         if key == self._packed_key:
             return
         groups: dict = {}

@@ -22,6 +22,9 @@ class RMSprop(Optimizer):
         p ← p − step                        (momentum: u ← μ·u + step;  p ← p − u)
 
     Keras-exact: every hyperparameter is used exactly in the parameters' dtype, as Keras does.
+    nnlite divides by √(d + ε) as eager Keras does (bitwise equal); inside ``fit`` and
+    ``train_on_batch`` TensorFlow's graph optimizer rewrites this as ``lr·g · rsqrt(d + ε)``,
+    which differs by an ulp in float64 and by ~1e-7 in float32 (approximate ``Rsqrt``).
     """
 
     def __init__(self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0,

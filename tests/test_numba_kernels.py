@@ -1,0 +1,559 @@
+"""Every Numba kernel, bound three ways, against the NumPy reference backend.
+
+Each kernel in :mod:`nnlite.backend.numba_kernels` is a :class:`Bound` with ``.py_func`` (the
+plain Python loop), ``.serial`` and ``.parallel`` (njit bindings). For each kernel and each dtype
+the three run on copies of the same inputs and are compared with each other and with the NumPy
+reference :class:`nnlite.backend.Backend` (or :mod:`nnlite.functional`):
+
+- float64: norm-wise relative error ≤ 1e-12; float32: ≤ 1e-5;
+- outputs are written into the arrays passed in (every output is pre-filled with NaN, so an
+  element the kernel forgot, or an output it allocated instead, shows up), and the kernels
+  return nothing but the scalar loss;
+- read-only inputs are left untouched (compared with copies taken before the call).
+
+Sizes are small (the ``.py_func`` loops run in the interpreter) and odd, so no shape is a
+multiple of a block size or of a SIMD width.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from nnlite import activations  # noqa: E402
+from nnlite.backend import Backend  # noqa: E402
+from nnlite.backend import numba_kernels as K  # noqa: E402
+
+REF = Backend()
+DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+VARIANTS = ("py_func", "serial", "parallel")
+ACTIVATIONS = sorted(K.CODES.items(), key=lambda item: item[1])
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def rel_err(actual, expected, scale=None) -> float:
+    """Norm-wise relative error ‖a − e‖ / ‖e‖ (or / scale), computed in float64."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    denom = np.linalg.norm(expected) if scale is None else scale
+    return float(np.linalg.norm(actual - expected) / max(denom, np.finfo(np.float64).tiny))
+
+
+def assert_close(actual, expected, dtype, what="", scale=None):
+    """Norm-wise relative error within the dtype's tolerance; shape must match exactly."""
+    assert np.shape(actual) == np.shape(expected), what
+    assert np.all(np.isfinite(actual)), f"{what}: non-finite (an output left unwritten?)"
+    err = rel_err(actual, expected, scale)
+    assert err <= TOL[np.dtype(dtype)], f"{what}: relative error {err:.3g}"
+
+
+def run_variants(kernel, make_args, outputs, inputs):
+    """Run ``kernel`` three ways on fresh copies of ``make_args()``.
+
+    Args:
+        outputs: positions of the arguments the kernel writes.
+        inputs: positions of the read-only arrays (checked unchanged).
+
+    Returns:
+        ``{variant: (return value, [written arrays])}``.
+    """
+    results = {}
+    for variant in VARIANTS:
+        args = list(make_args())
+        before = {i: args[i].copy() for i in inputs}
+        written = [args[i] for i in outputs]
+        returned = getattr(kernel, variant)(*args)
+        for i in inputs:
+            np.testing.assert_array_equal(args[i], before[i],
+                                          err_msg=f"{variant} modified input #{i}")
+        # Results come back only through the arrays passed in (pre-filled with NaN by the
+        # callers, so an output left unwritten fails the comparison): nothing array-valued is
+        # returned.
+        assert returned is None or np.ndim(returned) == 0, f"{variant} returned an array"
+        assert not isinstance(returned, np.ndarray), f"{variant} returned an array"
+        results[variant] = (returned, written)
+    return results
+
+
+def check_variants(results, expected, dtype, what, scales=None):
+    """Each variant's written arrays against ``expected`` and against ``.py_func``'s."""
+    scales = scales or [None] * len(expected)
+    _, plain = results["py_func"]
+    for variant, (_, arrays) in results.items():
+        for k, (array, ref, scale) in enumerate(zip(arrays, expected, scales)):
+            assert array.dtype == np.dtype(dtype), f"{what} {variant} output {k}: dtype"
+            assert_close(array, ref, dtype, f"{what} {variant} output {k} vs reference", scale)
+            assert_close(array, plain[k], dtype, f"{what} {variant} output {k} vs py_func", scale)
+
+
+# Every kernel this module tests; a kernel added to numba_kernels without a test fails below.
+TESTED = {
+    "bias_activation_forward", "activation_backward_bias", "softmax_xent_sparse",
+    "softmax_xent_dense", "sgd_update", "sgd_momentum_update", "adam_update", "rmsprop_update",
+    "gather_rows", "matmul_blocked", "lstm_cell_forward", "lstm_cell_backward",
+}
+REQUIRED = TESTED - {"lstm_cell_forward", "lstm_cell_backward"}
+
+
+def test_every_kernel_is_bound_three_ways_and_tested_here():
+    kernels = {name: k for name, k in vars(K).items() if isinstance(k, K.Bound)}
+    assert REQUIRED <= set(kernels)
+    assert set(kernels) <= TESTED, f"untested kernels: {sorted(set(kernels) - TESTED)}"
+    for name, kernel in kernels.items():
+        assert callable(kernel.py_func) and not hasattr(kernel.py_func, "py_func"), name
+        assert kernel.serial.py_func is kernel.py_func, name
+        assert kernel.parallel.py_func is kernel.py_func, name
+        assert kernel.__name__ == name and kernel.__doc__, name
+
+
+def test_bound_call_picks_the_binding_by_size(monkeypatch):
+    calls = []
+
+    class Spy:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, *args):
+            calls.append(self.name)
+
+    bound = K.Bound.__new__(K.Bound)
+    bound.serial, bound.parallel = Spy("serial"), Spy("parallel")
+    monkeypatch.setattr(K, "PARALLEL_THRESHOLD", 100)
+    bound(99)
+    bound(100)
+    assert calls == ["serial", "parallel"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("name,code", ACTIVATIONS, ids=[n for n, _ in ACTIVATIONS])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_activation_forward(dtype, name, code, has_bias):
+    r = rng(1)
+    x = r.standard_normal((37, 19)).astype(dtype)
+    kernel = r.standard_normal((19, 23)).astype(dtype)
+    bias = r.standard_normal(23).astype(dtype)
+    z0 = x @ kernel
+    z_ref, y_ref = REF.dense_forward(x, kernel, bias if has_bias else None, activations.get(name))
+
+    def make_args():
+        z = z0.copy()
+        return z, (bias.copy() if has_bias else z[0]), has_bias, code, np.full_like(z0, np.nan)
+
+    # Without a bias the kernel is given a dummy row of z: it must not read it as a bias.
+    results = run_variants(K.bias_activation_forward, make_args, outputs=(0, 4),
+                           inputs=(1,) if has_bias else ())
+    for returned, _ in results.values():
+        assert returned is None
+    check_variants(results, [z_ref, y_ref], dtype, f"{name} forward")
+
+
+@pytest.mark.parametrize("name,code", ACTIVATIONS, ids=[n for n, _ in ACTIVATIONS])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_backward_bias(dtype, name, code):
+    r = rng(2)
+    act = activations.get(name)
+    # ReLU inputs kept away from the kink: |z| ≥ 0.05.
+    z = r.standard_normal((41, 17))
+    z = (z + np.where(z >= 0, 0.05, -0.05)).astype(dtype)
+    y = act.forward(z).astype(dtype)
+    dy = r.standard_normal(z.shape).astype(dtype)
+    x = r.standard_normal((41, 5)).astype(dtype)
+    kernel = r.standard_normal((5, 17)).astype(dtype)
+    dz_ref = act.backward(dy, z, y)
+    _, _, dbias_ref = REF.dense_backward(dy, x, kernel, z, y, act)
+
+    def make_args():
+        return (dy.copy(), z.copy(), y.copy(), code, np.full_like(dy, np.nan),
+                np.full(dy.shape[1], np.nan, dtype), True)
+
+    results = run_variants(K.activation_backward_bias, make_args, outputs=(4, 5),
+                           inputs=(0, 1, 2))
+    for returned, _ in results.values():
+        assert returned is None
+    # A bias sum cancels: compare it relative to Σ|dz| (the size of what was added), not to |Σ dz|.
+    scales = [None, float(np.linalg.norm(np.abs(np.asarray(dz_ref, np.float64)).sum(axis=0)))]
+    check_variants(results, [dz_ref, dbias_ref], dtype, f"{name} backward", scales)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_forward_keeps_nan_like_the_reference(dtype):
+    z0 = np.array([[np.nan, np.inf, -np.inf, 0.0, -1.0, 2.0]], dtype)
+    expected = activations.get("relu").forward(z0)
+    for variant in VARIANTS:
+        z, y = z0.copy(), np.full_like(z0, -7)
+        getattr(K.bias_activation_forward, variant)(z, z[0], False, K.RELU, y)
+        np.testing.assert_array_equal(y, expected, err_msg=variant)
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax cross-entropy
+# ----------------------------------------------------------------------------------------------
+
+
+def _logits(dtype, shape=(53, 11), seed=3):
+    r = rng(seed)
+    logits = 3 * r.standard_normal(shape)
+    logits[0] += 500  # a row far from 0: the max shift must keep exp finite
+    return logits.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_sparse(dtype):
+    logits = _logits(dtype)
+    labels = rng(4).integers(0, logits.shape[1], logits.shape[0]).astype(np.int64)
+    loss_ref, dlogits_ref = REF.softmax_cross_entropy(logits, labels)
+
+    def make_args():
+        return logits.copy(), labels.copy(), np.full_like(logits, np.nan)
+
+    results = run_variants(K.softmax_xent_sparse, make_args, outputs=(2,), inputs=(0, 1))
+    check_variants(results, [dlogits_ref], dtype, "sparse xent")
+    for variant, (loss, _) in results.items():
+        assert np.ndim(loss) == 0 and np.isfinite(loss), variant
+        assert_close(loss, loss_ref, dtype, f"sparse xent {variant} loss")
+        assert_close(loss, results["py_func"][0], dtype, f"sparse xent {variant} loss vs py_func")
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["onehot", "soft"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_xent_dense(dtype, soft):
+    logits = _logits(dtype)
+    n, c = logits.shape
+    r = rng(5)
+    if soft:
+        target = r.random((n, c))
+        target /= target.sum(axis=1, keepdims=True)
+    else:
+        target = np.eye(c)[r.integers(0, c, n)]
+    target = target.astype(dtype)
+    loss_ref, dlogits_ref = REF.softmax_cross_entropy(logits, target)
+
+    def make_args():
+        return logits.copy(), target.copy(), np.full_like(logits, np.nan)
+
+    results = run_variants(K.softmax_xent_dense, make_args, outputs=(2,), inputs=(0, 1))
+    check_variants(results, [dlogits_ref], dtype, "dense xent")
+    for variant, (loss, _) in results.items():
+        assert np.ndim(loss) == 0 and np.isfinite(loss), variant
+        assert_close(loss, loss_ref, dtype, f"dense xent {variant} loss")
+        assert_close(loss, results["py_func"][0], dtype, f"dense xent {variant} loss vs py_func")
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer updates
+# ----------------------------------------------------------------------------------------------
+
+SIZE = 301
+
+
+def flush(kernel, dtype) -> tuple:
+    """The trailing ``tiny`` argument (state below it is flushed to zero) if the kernel has one:
+    the smallest normal number of the dtype, as the backend passes it."""
+    if "tiny" in inspect.signature(kernel.py_func).parameters:
+        return (np.dtype(dtype).type(np.finfo(dtype).tiny),)
+    return ()
+
+
+def _vectors(dtype, count, seed=6):
+    r = rng(seed)
+    return [r.standard_normal(SIZE).astype(dtype) for _ in range(count)]
+
+
+def check_update(results, expected, p0, dtype, what):
+    """The parameter (index 0) and the state arrays; the parameter's step is also compared on
+    its own, relative to the step, so a wrong step cannot hide under a large parameter."""
+    check_variants(results, expected, dtype, what)
+    step_ref = np.asarray(expected[0], np.float64) - p0
+    _, plain = results["py_func"]
+    for variant, (returned, arrays) in results.items():
+        assert returned is None, variant
+        step = np.asarray(arrays[0], np.float64) - p0
+        # Rounding p itself costs ~eps·|p|: allow that on top of the relative tolerance.
+        floor = 4 * np.finfo(dtype).eps * np.linalg.norm(p0) / TOL[np.dtype(dtype)]
+        scale = np.linalg.norm(step_ref) + floor
+        assert_close(step, step_ref, dtype, f"{what} {variant} step", scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_update(dtype):
+    p, g = _vectors(dtype, 2)
+    lr = np.dtype(dtype).type(0.1)
+    p_ref = p.copy()
+    REF.sgd_update(p_ref, g.copy(), lr)
+    results = run_variants(K.sgd_update, lambda: (p.copy(), g.copy(), lr), (0,), (1,))
+    check_update(results, [p_ref], p, dtype, "sgd")
+
+
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_momentum_update(dtype, nesterov):
+    p, g, v = _vectors(dtype, 3)
+    t = np.dtype(dtype).type
+    lr, momentum = t(0.1), t(np.float32(0.9))
+    p_ref, v_ref = p.copy(), v.copy()
+    REF.sgd_update(p_ref, g.copy(), lr, momentum, v_ref, nesterov)
+
+    def make_args():
+        return (p.copy(), g.copy(), v.copy(), lr, momentum, nesterov) + flush(K.sgd_momentum_update,
+                                                                           dtype)
+
+    results = run_variants(K.sgd_momentum_update, make_args, outputs=(0, 2), inputs=(1,))
+    check_update(results, [p_ref, v_ref], p, dtype, "nesterov" if nesterov else "momentum")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_update(dtype):
+    p, g, m = _vectors(dtype, 3)
+    # A second moment is non-negative; spread over decades with a large ε̂ so that where ε̂
+    # enters (outside the square root) matters.
+    v = (10 ** rng(7).uniform(-6, 0, SIZE)).astype(dtype)
+    t = np.dtype(dtype).type
+    args = (t(0.05), t(0.1), t(0.001), t(1e-3))
+    p_ref, m_ref, v_ref = p.copy(), m.copy(), v.copy()
+    REF.adam_update(p_ref, g.copy(), m_ref, v_ref, *args)
+
+    def make_args():
+        return (p.copy(), g.copy(), m.copy(), v.copy()) + args + flush(K.adam_update, dtype)
+
+    results = run_variants(K.adam_update, make_args, outputs=(0, 2, 3), inputs=(1,))
+    check_update(results, [p_ref, m_ref, v_ref], p, dtype, "adam")
+
+
+@pytest.mark.parametrize("momentum,centered", [(False, False), (True, False), (False, True),
+                                               (True, True)],
+                         ids=["plain", "momentum", "centered", "momentum-centered"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rmsprop_update(dtype, momentum, centered):
+    p, g, u = _vectors(dtype, 3)
+    r = rng(8)
+    v = (1 + r.random(SIZE)).astype(dtype)
+    mg = (0.1 * r.standard_normal(SIZE)).astype(dtype)  # keeps v − ḡ² positive
+    t = np.dtype(dtype).type
+    lr, rho, c, eps, mu = t(0.01), t(0.9), t(1 - 0.9), t(0.3), t(0.5)  # ε large: it matters
+    empty = np.empty(0, dtype)
+    p_ref, v_ref, u_ref, mg_ref = p.copy(), v.copy(), u.copy(), mg.copy()
+    REF.rmsprop_update(p_ref, g.copy(), v_ref, lr, rho, c, eps,
+                       momentum=mu if momentum else None, velocity=u_ref if momentum else None,
+                       mean_grad=mg_ref if centered else None)
+
+    def make_args():
+        return (p.copy(), g.copy(), v.copy(), lr, rho, c, eps, mu if momentum else t(0),
+                u.copy() if momentum else empty.copy(), momentum,
+                mg.copy() if centered else empty.copy(), centered) + flush(K.rmsprop_update, dtype)
+
+    outputs = (0, 2) + ((8,) if momentum else ()) + ((10,) if centered else ())
+    expected = [p_ref, v_ref] + ([u_ref] if momentum else []) + ([mg_ref] if centered else [])
+    results = run_variants(K.rmsprop_update, make_args, outputs=outputs, inputs=(1,))
+    check_update(results, expected, p, dtype, "rmsprop")
+
+
+def _subnormal_case(dtype, count, seed=14):
+    """Parameters, gradients and ``count`` state vectors; in a third of the entries the gradient
+    is 0 and the state subnormal (an input that is never active): the state decays further."""
+    p, g, *state = _vectors(dtype, 2 + count, seed)
+    idle = rng(seed + 1).random(SIZE) < 1 / 3
+    tiny = np.finfo(dtype).tiny
+    g[idle] = 0
+    for s in state:
+        s[idle] = (tiny * rng(seed + 2).uniform(-0.9, 0.9, idle.sum())).astype(dtype)
+    return p, g, state, idle
+
+
+@pytest.mark.parametrize("name", ["sgd_momentum_update", "adam_update", "rmsprop_update"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_state_is_flushed_below_the_smallest_normal(dtype, name):
+    kernel = getattr(K, name)
+    if not flush(kernel, dtype):
+        pytest.skip(f"{name} does not flush subnormal state in this nnlite")
+    t = np.dtype(dtype).type
+    tiny = np.finfo(dtype).tiny
+    count = {"sgd_momentum_update": 1, "adam_update": 2, "rmsprop_update": 3}[name]
+    p, g, state, idle = _subnormal_case(dtype, count)
+    refs = [p.copy()] + [s.copy() for s in state]
+    if name == "sgd_momentum_update":
+        hyper = (t(0.1), t(np.float32(0.9)), True)
+        REF.sgd_update(refs[0], g, hyper[0], hyper[1], refs[1], True)
+        outputs = (0, 2)
+    elif name == "adam_update":
+        state[1] = np.abs(state[1])
+        refs[2] = state[1].copy()
+        hyper = (t(0.05), t(0.1), t(0.001), t(1e-7))
+        REF.adam_update(refs[0], g, refs[1], refs[2], *hyper)
+        outputs = (0, 2, 3)
+    else:
+        state[0] = np.abs(state[0])
+        state[0][~idle] += 1  # v ≥ 1 and |ḡ| ≤ 0.5 where active: v − ḡ² > 0
+        state[2][~idle] = np.clip(state[2][~idle], -0.5, 0.5)
+        refs[1], refs[3] = state[0].copy(), state[2].copy()
+        lr, rho, c, eps, mu = t(0.01), t(0.9), t(1 - 0.9), t(1e-7), t(0.5)
+        REF.rmsprop_update(refs[0], g, refs[1], lr, rho, c, eps, momentum=mu,
+                           velocity=refs[2], mean_grad=refs[3])
+        hyper = (lr, rho, c, eps, mu)
+        outputs = (0, 2, 8, 10)
+
+    def make_args():
+        s = [a.copy() for a in state]
+        if name == "rmsprop_update":
+            return (p.copy(), g.copy(), s[0], *hyper, s[1], True, s[2], True, t(tiny))
+        return (p.copy(), g.copy(), *s, *hyper, t(tiny))
+
+    results = run_variants(kernel, make_args, outputs=outputs, inputs=(1,))
+    for variant, (_, arrays) in results.items():
+        # The parameter is what the reference makes of it (a subnormal step is below its ulp).
+        assert_close(arrays[0], refs[0], dtype, f"{variant} parameter")
+        for k, (array, ref) in enumerate(zip(arrays[1:], refs[1:])):
+            assert np.all((array == 0) | (np.abs(array) >= tiny)), f"{variant} state {k}"
+            assert np.all(array[idle] == 0), f"{variant} state {k}: idle entries not flushed"
+            active = np.abs(ref) >= tiny
+            assert_close(array[active], ref[active], dtype, f"{variant} state {k}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Gather and the blocked GEMM
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source,dtype", [(np.uint8, np.float32), (np.uint8, np.float64),
+                                          (np.float64, np.float64), (np.float32, np.float32)],
+                         ids=["uint8-float32", "uint8-float64", "float64-float64",
+                              "float32-float32"])
+def test_gather_rows(source, dtype):
+    r = rng(9)
+    if source == np.uint8:
+        data = r.integers(0, 256, (50, 29), dtype=np.uint8)
+    else:
+        data = r.standard_normal((50, 29)).astype(source)
+    index = r.permutation(50)[:33].astype(np.int64)
+    index[:3] = [49, 0, 49]  # first and last rows, and a repeat
+    expected = REF.gather(data, index, dtype)
+
+    def make_args():
+        return data.copy(), index.copy(), np.full((index.size, data.shape[1]), np.nan, dtype)
+
+    results = run_variants(K.gather_rows, make_args, outputs=(2,), inputs=(0, 1))
+    for variant, (returned, (out,)) in results.items():
+        assert returned is None
+        assert out.dtype == np.dtype(dtype)
+        # A copy and a cast: exact.
+        np.testing.assert_array_equal(out, expected, err_msg=variant)
+
+
+MATMUL_SHAPES = [(67, 300, 33), (1, 300, 1), (1, 1, 1), (130, 257, 5), (64, 256, 7)]
+
+
+@pytest.mark.parametrize("n,k,m", MATMUL_SHAPES, ids=[f"{n}x{k}x{m}" for n, k, m in MATMUL_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_blocked(dtype, n, k, m):
+    r = rng(10)
+    a = r.standard_normal((n, k)).astype(dtype)
+    b = r.standard_normal((k, m)).astype(dtype)
+    expected = REF.matmul(a, b)
+    results = {}
+    for variant in VARIANTS:
+        args = [a.copy(), b.copy(), np.full((n, m), np.nan, dtype)]
+        out = args[2]
+        assert getattr(K.matmul_blocked, variant)(*args) is None
+        np.testing.assert_array_equal(args[0], a)
+        np.testing.assert_array_equal(args[1], b)
+        results[variant] = out
+        assert out.dtype == np.dtype(dtype)
+        assert_close(out, expected, dtype, f"{variant} vs BLAS")
+    for variant, out in results.items():
+        # Same loops, same order: the bindings agree with each other (and with py_func) closely.
+        assert_close(out, results["py_func"], dtype, f"{variant} vs py_func")
+
+
+def test_matmul_blocked_overwrites_a_dirty_output():
+    a = np.arange(6.0).reshape(2, 3)
+    b = np.arange(12.0).reshape(3, 4)
+    for variant in VARIANTS:
+        out = np.full((2, 4), 7.0)
+        getattr(K.matmul_blocked, variant)(a, b, out)
+        np.testing.assert_array_equal(out, a @ b, err_msg=variant)
+
+
+# ----------------------------------------------------------------------------------------------
+# LSTM step
+# ----------------------------------------------------------------------------------------------
+
+needs_lstm = pytest.mark.skipif(
+    not (hasattr(K, "lstm_cell_forward") and hasattr(REF, "lstm_cell_forward")),
+    reason="no LSTM kernels in this nnlite",
+)
+LSTM_CODES = [("tanh", "sigmoid"), ("relu", "sigmoid"), ("linear", "tanh"), ("sigmoid", "relu")]
+LSTM_IDS = [f"{a}-{r}" for a, r in LSTM_CODES]
+
+
+def _lstm_inputs(dtype, n=9, u=7, seed=12):
+    r = rng(seed)
+    gates = r.standard_normal((n, 4 * u)).astype(dtype)
+    hz = r.standard_normal((n, 4 * u)).astype(dtype)
+    # Pre-activations kept away from ReLU's kink (|z| ≥ 0.05).
+    total = gates.astype(np.float64) + hz
+    hz += (np.where(total >= 0, 0.05, -0.05)).astype(dtype)
+    c_prev = r.standard_normal((n, u)).astype(dtype)
+    return gates, hz, c_prev
+
+
+@needs_lstm
+@pytest.mark.parametrize("act,rec", LSTM_CODES, ids=LSTM_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_cell_forward(dtype, act, rec):
+    gates, hz, c_prev = _lstm_inputs(dtype)
+    g_ref = gates.copy()
+    c_ref, a_ref, h_ref = REF.lstm_cell_forward(g_ref, hz.copy(), c_prev.copy(),
+                                                activations.get(act), activations.get(rec))
+
+    def make_args():
+        nan = np.full_like(c_prev, np.nan)
+        return (gates.copy(), hz.copy(), c_prev.copy(), K.CODES[act], K.CODES[rec],
+                nan.copy(), nan.copy(), nan.copy())
+
+    # hz (argument 1) may serve as scratch: the kernel's docstring allows it to be overwritten.
+    scratch = "scratch" in (K.lstm_cell_forward.__doc__ or "")
+    results = run_variants(K.lstm_cell_forward, make_args, outputs=(0, 5, 6, 7),
+                           inputs=(2,) if scratch else (1, 2))
+    for returned, _ in results.values():
+        assert returned is None
+    check_variants(results, [g_ref, c_ref, a_ref, h_ref], dtype, f"lstm forward {act}/{rec}")
+
+
+@needs_lstm
+@pytest.mark.parametrize("has_dy", [True, False], ids=["dy", "nody"])
+@pytest.mark.parametrize("act,rec", LSTM_CODES, ids=LSTM_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_cell_backward(dtype, act, rec, has_dy):
+    gates, hz, c_prev = _lstm_inputs(dtype)
+    act_fn, rec_fn = activations.get(act), activations.get(rec)
+    _, act_c, _ = REF.lstm_cell_forward(gates, hz, c_prev, act_fn, rec_fn)  # gates -> [i f g o]
+    act_c = np.array(act_c)
+    r = rng(13)
+    dh, dy, dc = (r.standard_normal(c_prev.shape).astype(dtype) for _ in range(3))
+    dc_ref = dc.copy()
+    dz_ref = REF.lstm_cell_backward(dh.copy(), dy.copy() if has_dy else None, dc_ref,
+                                    gates.copy(), c_prev.copy(), act_c.copy(), act_fn, rec_fn)
+
+    def make_args():
+        dh_ = dh.copy()
+        return (dh_, dy.copy() if has_dy else dh_, has_dy, dc.copy(), gates.copy(),
+                c_prev.copy(), act_c.copy(), K.CODES[act], K.CODES[rec],
+                np.full_like(gates, np.nan))
+
+    results = run_variants(K.lstm_cell_backward, make_args, outputs=(3, 9),
+                           inputs=(0, 1, 4, 5, 6))
+    for returned, _ in results.values():
+        assert returned is None
+    check_variants(results, [dc_ref, dz_ref], dtype, f"lstm backward {act}/{rec}")
