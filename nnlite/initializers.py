@@ -67,7 +67,9 @@ class Initializer:
             rng = np.random.default_rng(self.seed)
         elif rng is None:
             rng = global_generator()
-        return np.asarray(self.sample(shape, rng), dtype=dtype)
+        # C order always: Orthogonal's transposed Q would otherwise give a strided array, which
+        # in-place code (flat views, finite differences) cannot treat as one vector.
+        return np.ascontiguousarray(self.sample(shape, rng), dtype=dtype)
 
     def sample(self, shape, rng):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -187,3 +187,41 @@ class NumbaBackend(Backend):
             self.rmsprop_update(p, g, s1, one, one, one, one, one, s2, np.zeros(4, dt))
             for data in (np.zeros((3, 4), np.uint8), np.zeros((3, 4), dt)):
                 self.gather(data, np.arange(2), dt)
+            # The LSTM cell with Keras's default activations (tanh, sigmoid).
+            tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
+            gates, hz, c_prev = np.zeros((2, 8), dt), np.zeros((2, 8), dt), np.zeros((2, 2), dt)
+            c, act_c, h = self.lstm_cell_forward(gates, hz, c_prev, tanh, sigmoid)
+            self.lstm_cell_backward(h, h, np.zeros_like(c), gates, c_prev, act_c, tanh, sigmoid)
+
+    # -- LSTM ----------------------------------------------------------------------------------
+
+    def _lstm_codes(self, activation, recurrent_activation, *arrays):
+        """Kernel codes of the two activations, or None when the fused kernel cannot run."""
+        codes = (K.CODES.get(activation.name), K.CODES.get(recurrent_activation.name))
+        if None in codes or K.SOFTMAX in codes:
+            return None
+        if not all(a.flags.c_contiguous for a in arrays):
+            return None
+        return codes
+
+    def lstm_cell_forward(self, gates, hz, c_prev, activation, recurrent_activation, out=None):
+        codes = self._lstm_codes(activation, recurrent_activation, gates, hz, c_prev)
+        if codes is None:
+            return super().lstm_cell_forward(gates, hz, c_prev, activation,
+                                             recurrent_activation, out)
+        c, act_c, h = out if out is not None else (np.empty_like(c_prev) for _ in range(3))
+        K.lstm_cell_forward(gates.size, gates, hz, c_prev, *codes, c, act_c, h)
+        return c, act_c, h
+
+    def lstm_cell_backward(self, dh, dy, dc, gates, c_prev, act_c, activation,
+                           recurrent_activation, out=None):
+        if dy is not None:
+            dy = np.ascontiguousarray(dy, dtype=dh.dtype)
+        codes = self._lstm_codes(activation, recurrent_activation, dh, dc, gates, c_prev, act_c)
+        if codes is None:
+            return super().lstm_cell_backward(dh, dy, dc, gates, c_prev, act_c, activation,
+                                              recurrent_activation, out)
+        dz = out if out is not None else np.empty_like(gates)
+        K.lstm_cell_backward(gates.size, dh, dh if dy is None else dy, dy is not None, dc, gates,
+                             c_prev, act_c, *codes, dz)
+        return dz

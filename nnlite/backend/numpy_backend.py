@@ -155,3 +155,76 @@ class Backend:
             velocity *= momentum
             velocity += step
             param -= velocity
+
+    # -- LSTM (one time step; the layer loops over time) ---------------------------------------
+
+    def lstm_cell_forward(self, gates, hz, c_prev, activation, recurrent_activation, out=None):
+        """One LSTM step with fused gates (Keras's gate order i, f, c, o).
+
+        Shapes:
+            gates: (N, 4U), on entry ``x_t · kernel + bias``, on return the gate activations
+                   ``[i f g o]`` (overwritten in place: backward needs them, not the inputs)
+            hz: (N, 4U) = h_{t−1} · recurrent_kernel (a backend may use it as scratch)
+            c_prev: (N, U) = c_{t−1}
+            out: optional preallocated ``(c, act_c, h)``, each (N, U)
+
+        Math (σ: recurrent_activation, φ: activation):
+            z = gates + hz = [z_i z_f z_g z_o]
+            i = σ(z_i)  f = σ(z_f)  g = φ(z_g)  o = σ(z_o)
+            c = f ⊙ c_{t−1} + i ⊙ g        act_c = φ(c)        h = o ⊙ act_c
+
+        Returns:
+            ``(c, act_c, h)``.
+        """
+        u = c_prev.shape[1]
+        gates += hz
+        gates[:, :2 * u] = recurrent_activation.forward(gates[:, :2 * u])
+        gates[:, 2 * u:3 * u] = activation.forward(gates[:, 2 * u:3 * u])
+        gates[:, 3 * u:] = recurrent_activation.forward(gates[:, 3 * u:])
+        i, f, g, o = gates[:, :u], gates[:, u:2 * u], gates[:, 2 * u:3 * u], gates[:, 3 * u:]
+        c, act_c, h = out if out is not None else (None, None, None)
+        c = self.xp.multiply(f, c_prev, out=c)
+        c += i * g
+        if act_c is None:
+            act_c = activation.forward(c)
+        else:
+            act_c[...] = activation.forward(c)
+        h = self.xp.multiply(o, act_c, out=h)
+        return c, act_c, h
+
+    def lstm_cell_backward(self, dh, dy, dc, gates, c_prev, act_c, activation,
+                           recurrent_activation, out=None):
+        """Backward through one LSTM step; ``dc`` is updated in place from dc_t to dc_{t−1}.
+
+        Shapes:
+            dh: (N, U) = dz_{t+1} · recurrent_kernelᵀ (zeros at the last step)
+            dy: (N, U) gradient of the loss w.r.t. this step's output h_t, or None
+            dc: (N, U) on entry ∂L/∂c_t from step t+1; on return ∂L/∂c_{t−1}
+            gates: (N, 4U) activations [i f g o]     c_prev, act_c: (N, U)
+            out: optional preallocated dz (N, 4U)
+
+        Math:
+            dh_t = dh + dy
+            do = dh_t ⊙ φ(c_t)            dc_t = dc + dh_t ⊙ o ⊙ φ'(c_t)
+            di = dc_t ⊙ g    df = dc_t ⊙ c_{t−1}    dg = dc_t ⊙ i    dc_{t−1} = dc_t ⊙ f
+            dz = [di ⊙ σ'(z_i)  df ⊙ σ'(z_f)  dg ⊙ φ'(z_g)  do ⊙ σ'(z_o)]
+        Each derivative is taken from the activation's output y (σ' = y(1−y), tanh' = 1−y²,
+        relu' = [y > 0], linear' = 1), so the pre-activations need not be kept.
+
+        Returns:
+            dz (N, 4U), the gradient w.r.t. this step's gate pre-activations.
+        """
+        u = dc.shape[1]
+        i, f, g, o = gates[:, :u], gates[:, u:2 * u], gates[:, 2 * u:3 * u], gates[:, 3 * u:]
+        if dy is not None:
+            dh = dh + dy
+        dz = out if out is not None else self.xp.empty_like(gates)
+        # The activations' backward takes (dy, x, y); passing y as x is exact for the four
+        # activations allowed in an LSTM (relu's mask [x > 0] equals [y > 0]).
+        dc += activation.backward(dh * o, act_c, act_c)
+        dz[:, :u] = recurrent_activation.backward(dc * g, i, i)
+        dz[:, u:2 * u] = recurrent_activation.backward(dc * c_prev, f, f)
+        dz[:, 2 * u:3 * u] = activation.backward(dc * i, g, g)
+        dz[:, 3 * u:] = recurrent_activation.backward(dh * act_c, o, o)
+        dc *= f
+        return dz

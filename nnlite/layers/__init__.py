@@ -4,6 +4,7 @@ from nnlite.layers.activation import Activation, ReLU, Softmax
 from nnlite.layers.base import Layer
 from nnlite.layers.core import Dense, Input, InputLayer
 from nnlite.layers.dropout import Dropout
+from nnlite.layers.lstm import LSTM
 from nnlite.layers.reshaping import Flatten, Reshape
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "Dropout",
     "Flatten",
     "Reshape",
+    "LSTM",
 ]
