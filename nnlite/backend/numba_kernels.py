@@ -505,8 +505,10 @@ def _lstm_activate_row(z, out, code):
         for j in range(z.size):
             out[j] = lstm_tanh(z[j])
     elif code == RELU:
+        zero = z.dtype.type(0)
         for j in range(z.size):
-            out[j] = z[j] if z[j] > 0 else 0
+            # NaN passes through, as np.maximum(z, 0) lets it.
+            out[j] = zero if z[j] <= zero else z[j]
     else:
         for j in range(z.size):
             out[j] = z[j]
@@ -523,8 +525,9 @@ def _lstm_grad_row(y, out, code):
         for j in range(y.size):
             out[j] = lstm_flush(out[j] - out[j] * y[j] * y[j])
     elif code == RELU:
+        zero = y.dtype.type(0)
         for j in range(y.size):
-            out[j] = lstm_flush(out[j]) if y[j] > 0 else 0
+            out[j] = lstm_flush(out[j]) if y[j] > zero else zero
     else:
         for j in range(y.size):
             out[j] = lstm_flush(out[j])
