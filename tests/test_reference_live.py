@@ -1,0 +1,79 @@
+"""nnlite against live TensorFlow/Keras on randomized cases: validation never rests on stale files.
+
+Each run draws a fresh spec with ``make_reference.make_spec(seed)``: random shapes, input scales,
+losses and targets, optimizers and their hyperparameters, MLP architectures (activations, heads,
+losses, initial-weight scale), fit sizes, batch sizes and epochs, and EarlyStopping sequences:
+28 cases per dtype, 56 in all. Keras computes them with the fixture generator's own workers (one
+subprocess per dtype, run in parallel: Keras fixes its dtype policy when its first layer is
+created, so float64 and float32 cannot share a process, and this keeps TensorFlow out of the test
+process), and every case is replayed and compared exactly as ``test_reference.py`` compares the
+committed fixtures (same tolerances and measures).
+
+The seed is new at every run; a failure names it. Reproduce with
+``NNLITE_LIVE_SEED=<seed> python -m pytest tests/test_reference_live.py``.
+
+Skipped when TensorFlow/Keras are not installed. About 30-40 s on two cores, most of it the two
+TensorFlow imports and the Keras training loops.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import pytest
+
+if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
+    pytest.skip("tensorflow/keras are not installed", allow_module_level=True)
+
+
+def _load_test_reference():
+    """tests/test_reference.py as a module, whatever pytest's import mode."""
+    name = "nnlite_test_reference"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent / "test_reference.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+reference = _load_test_reference()
+mr = reference.mr
+
+SEED = int(os.environ.get("NNLITE_LIVE_SEED") or secrets.randbelow(2**31))
+SPEC = mr.make_spec(SEED)
+CASES = [(dtype, group, name) for dtype in mr.DTYPES for group in mr.GROUPS
+         for name in mr.case_names(SPEC, group)]
+
+
+@pytest.fixture(scope="module")
+def live_keras(tmp_path_factory):
+    """Directory with Keras's results for SPEC (both dtypes), computed once per module."""
+    directory = tmp_path_factory.mktemp(f"keras_live_{SEED}")
+    try:
+        mr.generate(SPEC, directory)
+    except ImportError as exc:           # installed but broken: skip, as importorskip would
+        pytest.skip(str(exc))
+    return directory
+
+
+def test_spec_is_large_enough():
+    assert len(CASES) >= 50
+    assert {group for _, group, _ in CASES} == set(mr.GROUPS)
+
+
+@pytest.mark.parametrize("dtype,group,name", CASES,
+                         ids=[f"{d}-{g}-{n}" for d, g, n in CASES])
+def test_matches_live_keras(live_keras, dtype, group, name):
+    cmp = reference.replay_case(live_keras, dtype, group, name)
+    spec = mr.case_specs(SPEC, group)[name]
+    try:
+        cmp.assert_ok()
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\ncase spec: {spec}\nreproduce with NNLITE_LIVE_SEED={SEED}") from None
