@@ -2,7 +2,8 @@
 
 Every fixture case is replayed with nnlite in the same dtype and compared quantity by quantity
 (forward values, gradients, every optimizer step, every training step's loss and accuracy, the
-weights at each snapshot, the History of a fit run, EarlyStopping's decisions). Shapes and
+weights at each snapshot, the History of a fit run, EarlyStopping's decisions, the LSTM's outputs
+and gradients and its training steps). Shapes and
 dtypes must be equal; values must agree within (see :func:`deviation`)
 
     float64  1e-9   elementwise, relative with a floor:
@@ -15,13 +16,14 @@ that is the cancellation p − 1 of a saturated softmax, is right in both librar
 ulps of the array's scale (FINDINGS §0). In float32 the same floored measure reaches 1e-4: a
 float32 sum that cancels (dx of a saturated tanh, a weight near zero after 50 Adam steps whose
 normalised update amplifies the gradient's rounding) differs by a few float32 ulps of the array's
-scale, i.e. ~1e-4 of a 1e-3 floor. Norm-wise, float32 deviations are ≤ 4e-7; a single element off
+scale, i.e. ~1e-4 of a 1e-3 floor. Norm-wise, float32 deviations are ≤ 6e-7; a single element off
 by more than ~1e-5 · √size of the array's RMS still fails. Integer quantities (iterations,
 epochs, EarlyStopping counters), accuracies and History keys must be equal.
 
 Bitwise equality is not reachable: TensorFlow's exp/log/tanh kernels differ from NumPy's by an ulp
 in a fraction of elements, and its matmuls sum in another order (FINDINGS §0). Measured worst
-deviations are 2e-13 in float64 and 4e-7 in float32 (the optimizers are bitwise equal);
+deviations are 2e-13 in float64 and 6e-7 in float32 (an LSTM's recurrent-kernel gradient; the
+optimizers are bitwise equal);
 ``python tests/test_reference.py [backend]`` prints them per group.
 
 Regenerate the fixtures with ``python tests/reference/make_reference.py`` (needs tensorflow-cpu).
@@ -298,8 +300,44 @@ def replay_metrics(case, dtype, directory, cmp: Comparison) -> None:
         cmp.equal(key, np.asarray(actual, dtype=case[key].dtype), case[key])
 
 
+def replay_lstm(case, dtype, directory, cmp: Comparison) -> None:
+    spec = case["spec"]
+    if spec["kind"] == "layer":
+        keys = ["kernel", "recurrent_kernel", "bias"][:3 if spec["use_bias"] else 2]
+        layer = nnlite.layers.LSTM(spec["units"], activation=spec["activation"],
+                                   use_bias=spec["use_bias"],
+                                   return_sequences=spec["return_sequences"])
+        layer.build((None, spec["t"], spec["d"]))
+        layer.set_weights([case[key] for key in keys])
+        y = layer.forward(_device(case["x"]))
+        cmp.values("y", host(y), case["y"])
+        dx = layer.backward(_device(case["dy"]))     # loss = sum(dy * y), so dL/dy = dy
+        cmp.values("dx", host(dx), case["dx"])
+        for key in keys:
+            cmp.values(f"d{key}", host(layer.grads[key]), case[f"d{key}"])
+        cmp.equal("no bias stored iff use_bias=False", "bias" in case, spec["use_bias"])
+        return
+    model = nnlite.Sequential([nnlite.Input((spec["t"], spec["d"])),
+                               nnlite.layers.LSTM(spec["units"]),
+                               nnlite.layers.Dense(spec["classes"], activation="softmax")])
+    optimizer = getattr(nnlite.optimizers, spec["optimizer"]["class"])(
+        **spec["optimizer"]["kwargs"])
+    model.compile(optimizer=optimizer, loss=nnlite.losses.SparseCategoricalCrossentropy())
+    n_weights = len(model.get_weights())
+    model.set_weights([case[f"initial/{i}"] for i in range(n_weights)])
+    n = spec["n"]
+    for step in range(spec["steps"]):
+        logs = model.train_on_batch(case["x"][step * n:(step + 1) * n],
+                                    case["labels"][step * n:(step + 1) * n], return_dict=True)
+        cmp.values(f"step {step + 1} loss", np.asarray(logs["loss"], dtype), case["loss"][step])
+    for i, w in enumerate(model.get_weights()):
+        cmp.values(f"final weight {i}", w, case[f"weights/{i}"])
+    cmp.equal("number of weights", n_weights, sum(k.startswith("weights/") for k in case))
+    cmp.equal("iterations", model.optimizer.iterations, int(case["iterations"]))
+
+
 REPLAY = {"dense": replay_dense, "losses": replay_losses, "optimizers": replay_optimizers,
-          "mlp": replay_mlp, "fit": replay_fit, "metrics": replay_metrics}
+          "mlp": replay_mlp, "fit": replay_fit, "metrics": replay_metrics, "lstm": replay_lstm}
 
 
 def replay_case(directory, dtype: str, group: str, name: str) -> Comparison:

@@ -23,12 +23,20 @@ Groups (each case in float64 and float32):
                 stored initial weights: loss and accuracy at every step, weights at snapshots
     fit         one fit(shuffle=False, validation_data=...) run: History, evaluate, weights
     metrics     accuracy with ties and -0.0 scores; EarlyStopping decisions on value sequences
+    lstm        keras.layers.LSTM (last step, full sequence, ReLU without bias): x, kernel,
+                recurrent_kernel, bias, y and the gradients of sum(dy * y) w.r.t. x and the
+                weights; and Sequential [Input((T, D)), LSTM, Dense(softmax)] trained with
+                train_on_batch and Adam on fixed random sequences: loss per step, final weights
 
 How: Keras fixes its dtype policy when the first layer is created, so a process can only produce
 one floatx (FINDINGS §0). This script therefore runs itself once per dtype as a worker subprocess
 (``--worker float64``) that sets floatx before importing anything else; the parent only writes
 the shared inputs and the manifest. The worker hides GPUs and turns XLA off, so the numbers are
 TensorFlow's CPU kernels (oneDNN left as TensorFlow's default, recorded in the manifest).
+
+A file whose arrays are bitwise those already on disk is left as it is (``savez_compressed``
+stamps the time into the zip, so rewriting it would change its SHA-256 for nothing): regenerating
+after adding a group rewrites only that group's files and the manifest.
 
 ``tests/test_reference_live.py`` imports this module to run the same workers on randomized
 specs (``make_spec(seed)``) into a temporary directory: one code path for fixtures and live runs.
@@ -53,7 +61,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DTYPES = ("float64", "float32")
-GROUPS = ("dense", "losses", "optimizers", "mlp", "fit", "metrics")
+GROUPS = ("dense", "losses", "optimizers", "mlp", "fit", "metrics", "lstm")
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
 SPEC_KEY = "__spec__"
 
@@ -151,8 +159,20 @@ def _canonical_spec() -> dict:
              "monitor": "val_loss", "values": [1.0, 2.0, 3.0, 2.5, 2.6]},
         ],
     }
+    lstm = [
+        {"name": "last", "kind": "layer", "n": 4, "t": 5, "d": 3, "units": 6,
+         "return_sequences": False, "activation": "tanh", "use_bias": True, "seed": 80},
+        {"name": "sequences", "kind": "layer", "n": 4, "t": 5, "d": 3, "units": 6,
+         "return_sequences": True, "activation": "tanh", "use_bias": True, "seed": 81},
+        {"name": "relu_no_bias", "kind": "layer", "n": 4, "t": 5, "d": 3, "units": 6,
+         "return_sequences": True, "activation": "relu", "use_bias": False, "seed": 82},
+        {"name": "train_adam", "kind": "train", "n": 8, "t": 5, "d": 3, "units": 6,
+         "classes": 4, "steps": 10, "optimizer": {"class": "Adam",
+                                                  "kwargs": {"learning_rate": 0.01}},
+         "seed": 83},
+    ]
     return {"seed": None, "shared_seed": 0, "dense": dense, "losses": losses,
-            "optimizers": optimizers, "mlp": mlp, "fit": fit, "metrics": metrics}
+            "optimizers": optimizers, "mlp": mlp, "fit": fit, "metrics": metrics, "lstm": lstm}
 
 
 def _random_optimizer(rng, in_model: bool = False) -> dict:
@@ -192,7 +212,7 @@ def make_spec(seed: int | None = None) -> dict:
 
     A randomized spec draws shapes, scales, hyperparameters, losses, targets, optimizers,
     architectures and EarlyStopping sequences from ``numpy.random.default_rng(seed)``; it has
-    the same groups and keys as the canonical one (28 cases per dtype), sized to run fast.
+    the same groups and keys as the canonical one (31 cases per dtype), sized to run fast.
     """
     if seed is None:
         return _canonical_spec()
@@ -284,8 +304,23 @@ def make_spec(seed: int | None = None) -> dict:
         early.append({"name": f"{i}_{monitor}", "kwargs": kwargs, "monitor": monitor,
                       "values": values})
     metrics = {"accuracy": [{"name": "ties", "seed": sub_seed()}], "early_stopping": early}
-    return {"seed": int(seed), "shared_seed": sub_seed(), "dense": dense, "losses": losses,
+    spec = {"seed": int(seed), "shared_seed": sub_seed(), "dense": dense, "losses": losses,
             "optimizers": optimizers, "mlp": mlp, "fit": fit, "metrics": metrics}
+    # LSTM cases are drawn last, so the other groups of a seed are those drawn before they existed.
+    lstm = []
+    for i in range(2):
+        act = str(rng.choice(["tanh", "relu"])) if i else "tanh"
+        lstm.append({"name": f"{i}_{act}", "kind": "layer", "n": int(rng.integers(1, 7)),
+                     "t": int(rng.integers(1, 8)), "d": int(rng.integers(1, 7)),
+                     "units": int(rng.integers(1, 9)),
+                     "return_sequences": bool(rng.integers(2)), "activation": act,
+                     "use_bias": bool(rng.integers(2)) if i else True, "seed": sub_seed()})
+    lstm.append({"name": "2_train", "kind": "train", "n": int(rng.integers(2, 17)),
+                 "t": int(rng.integers(2, 8)), "d": int(rng.integers(1, 6)),
+                 "units": int(rng.integers(2, 9)), "classes": int(rng.integers(2, 6)),
+                 "steps": int(rng.integers(3, 9)),
+                 "optimizer": _random_optimizer(rng, in_model=True), "seed": sub_seed()})
+    return {**spec, "lstm": lstm}
 
 
 def case_specs(spec: dict, group: str) -> dict:
@@ -471,6 +506,43 @@ def accuracy_inputs(case: dict, dtype) -> dict:
     return {"y_pred": y_pred, "labels": labels.astype(np.int64)}
 
 
+def lstm_inputs(case: dict, dtype) -> dict:
+    """Inputs and weights of an LSTM case, drawn from its seed as float32 values, then cast.
+
+    Float32 values are exact in float64, so both dtypes start from the same numbers. Layer
+    cases: x (N, T, D) ~ N(0, 1); kernel, recurrent_kernel and bias ~ N(0, 0.5²) (gates mostly
+    away from saturation); dy ~ N(0, 1), the weights of the summed outputs. Training cases: x,
+    integer labels and initial weights [kernel, recurrent_kernel, bias, dense kernel, dense bias]
+    (uniform, Glorot-like scales; the forget-gate bias starts at 1, as Keras's unit_forget_bias).
+    """
+    rng = np.random.default_rng(case["seed"])
+    n, t, d, u = case["n"], case["t"], case["d"], case["units"]
+
+    def draw(shape, scale=1.0):
+        return (rng.normal(size=shape) * scale).astype(np.float32).astype(dtype)
+
+    if case["kind"] == "layer":
+        weights = [draw((d, 4 * u), 0.5), draw((u, 4 * u), 0.5)]
+        if case["use_bias"]:
+            weights.append(draw((4 * u,), 0.5))
+        x = draw((n, t, d))
+        dy = draw((n, t, u) if case["return_sequences"] else (n, u))
+        return {"x": x, "weights": weights, "dy": dy}
+
+    def uniform(shape, limit):
+        return rng.uniform(-limit, limit, size=shape).astype(np.float32).astype(dtype)
+
+    c = case["classes"]
+    bias = uniform((4 * u,), 0.05)
+    bias[u:2 * u] += 1
+    weights = [uniform((d, 4 * u), np.sqrt(6 / (d + 4 * u))),
+               uniform((u, 4 * u), np.sqrt(6 / (5 * u))), bias,
+               uniform((u, c), np.sqrt(6 / (u + c))), uniform((c,), 0.05)]
+    return {"x": draw((case["steps"] * n, t, d)),
+            "labels": rng.integers(0, c, size=case["steps"] * n).astype(np.int64),
+            "weights": weights}
+
+
 def encode_weights(w, w0) -> np.ndarray:
     """Trained weights ``w``, stored losslessly and compactly relative to the initial ``w0``.
 
@@ -495,6 +567,27 @@ def decode_weights(encoded, w0, dtype) -> np.ndarray:
     return weights.view(little).astype(np.dtype(dtype))
 
 
+def write_npz(path, arrays: dict) -> bool:
+    """``savez_compressed(path, **arrays)`` unless ``path`` holds bitwise these arrays already.
+
+    Returns whether the file was written. Keeps regenerated fixtures byte-identical (the zip
+    format records the time of writing) when their contents did not change.
+    """
+    path = Path(path)
+    if path.exists():
+        try:
+            with np.load(path) as f:
+                same = set(f.files) == set(arrays) and all(
+                    f[k].dtype == np.asarray(v).dtype and f[k].shape == np.shape(v)
+                    and f[k].tobytes() == np.asarray(v).tobytes() for k, v in arrays.items())
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return False
+    np.savez_compressed(path, **arrays)
+    return True
+
+
 def _worker(dtype: str, spec: dict, shared_path: str, out_dir: str) -> None:
     """Compute every case with Keras in ``dtype`` and write ``out_dir/<group>.npz``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -512,7 +605,7 @@ def _worker(dtype: str, spec: dict, shared_path: str, out_dir: str) -> None:
     def save(group: str, arrays: dict) -> None:
         arrays[SPEC_KEY] = np.array(json.dumps(spec[group] if group != "metrics"
                                                else spec["metrics"]))
-        np.savez_compressed(out / f"{group}.npz", **arrays)
+        write_npz(out / f"{group}.npz", arrays)
 
     def build_optimizer(opt: dict):
         return getattr(keras.optimizers, opt["class"])(**opt["kwargs"])
@@ -670,6 +763,55 @@ def _worker(dtype: str, spec: dict, shared_path: str, out_dir: str) -> None:
         arrays[f"{name}/wait"] = np.array(callback.wait)
     save("metrics", arrays)
 
+    # -- LSTM: layer forward/backward (GradientTape), and a short train_on_batch run -----------
+    arrays = {}
+    for case in spec["lstm"]:
+        data = lstm_inputs(case, dt)
+        name = case["name"]
+        if case["kind"] == "layer":
+            layer = keras.layers.LSTM(case["units"], activation=case["activation"],
+                                      use_bias=case["use_bias"],
+                                      return_sequences=case["return_sequences"])
+            layer.build((None, case["t"], case["d"]))
+            layer.set_weights(data["weights"])
+            xv = tf.constant(data["x"])
+            with tf.GradientTape() as tape:
+                tape.watch(xv)
+                y = layer(xv)
+                total = tf.reduce_sum(y * tf.constant(data["dy"]))
+            grads = tape.gradient(total, [xv, *layer.trainable_weights])
+            keys = ["kernel", "recurrent_kernel", "bias"][:len(data["weights"])]
+            arrays[f"{name}/x"] = data["x"]
+            arrays[f"{name}/dy"] = data["dy"]
+            arrays[f"{name}/y"] = np.asarray(y)
+            arrays[f"{name}/dx"] = np.asarray(grads[0])
+            for key, w, g, var in zip(keys, data["weights"], grads[1:],
+                                      layer.trainable_weights):
+                assert var.path.endswith(key), (var.path, key)
+                arrays[f"{name}/{key}"] = w
+                arrays[f"{name}/d{key}"] = np.asarray(g)
+            continue
+        model = keras.Sequential([keras.Input((case["t"], case["d"])),
+                                  keras.layers.LSTM(case["units"]),
+                                  keras.layers.Dense(case["classes"], activation="softmax")])
+        model.compile(optimizer=build_optimizer(case["optimizer"]),
+                      loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=False)
+        model.set_weights(data["weights"])
+        n, losses_ = case["n"], []
+        for step in range(case["steps"]):
+            logs = model.train_on_batch(data["x"][step * n:(step + 1) * n],
+                                        data["labels"][step * n:(step + 1) * n],
+                                        return_dict=True)
+            losses_.append(logs["loss"])
+        arrays[f"{name}/x"] = data["x"]
+        arrays[f"{name}/labels"] = data["labels"]
+        arrays[f"{name}/loss"] = np.array(losses_, dtype=dt)
+        for i, (w0, w) in enumerate(zip(data["weights"], model.get_weights())):
+            arrays[f"{name}/initial/{i}"] = w0
+            arrays[f"{name}/weights/{i}"] = np.asarray(w)
+        arrays[f"{name}/iterations"] = np.array(int(model.optimizer.iterations.numpy()))
+    save("lstm", arrays)
+
 
 # ----------------------------------------------------------------------------------------------
 # The parent: shared inputs, one worker per dtype, manifest
@@ -688,7 +830,7 @@ def generate(spec: dict, out_dir, dtypes=DTYPES) -> dict:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "shared.npz", **make_shared(spec))
+    write_npz(out / "shared.npz", make_shared(spec))
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
