@@ -222,7 +222,8 @@ class Sequential:
         elif isinstance(metrics, (str, metrics_module.Metric)):
             metrics = [metrics]
         resolved_metrics = [metrics_module.get(m) for m in metrics]
-        self.optimizer, self.loss, self.metrics = resolved_optimizer, resolved_loss, resolved_metrics
+        self.optimizer, self.loss = resolved_optimizer, resolved_loss
+        self.metrics = resolved_metrics
         self.compiled = True
         self._configure_loss()
 
