@@ -1,4 +1,5 @@
-"""Command line: ``nnlite train`` and ``nnlite evaluate`` (also ``python -m nnlite ...``).
+"""Command line: ``nnlite train``, ``nnlite evaluate`` and ``nnlite sweep`` (also
+``python -m nnlite ...``).
 
 ``nnlite train`` trains the seed baseline on the MNIST files shipped with the package:
 784-50-50-10 (ReLU, softmax), Adam 1e-3, batch 100, 5 epochs, the last 10% of the training set
@@ -26,6 +27,18 @@ def _int_list(text: str) -> list[int]:
         ) from None
     if any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive widths, received {text!r}")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 1e-3,1e-2, received {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, received {text!r}")
     return values
 
 
@@ -94,6 +107,42 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=100)
     evaluate.add_argument("--limit", type=_positive_int, default=None,
                           help="use only the first N test images")
+    _add_runtime_args(evaluate)
+
+    sweep = sub.add_parser("sweep", help="train every hidden size x learning rate combination",
+                           description="Train every combination of --hidden and --lr in "
+                           "parallel worker processes; write sweep.csv, sweep.md and "
+                           "sweep_heatmap.png to --out. Failed configurations are recorded "
+                           "with their reason and the sweep goes on.")
+    sweep.add_argument("--hidden", type=_int_list, default=[16, 32, 64],
+                       help="hidden sizes to try, comma-separated (default: 16,32,64)")
+    sweep.add_argument("--lr", type=_float_list, default=[1e-3, 1e-2],
+                       help="learning rates to try, comma-separated (default: 1e-3,1e-2)")
+    sweep.add_argument("--depth", type=_positive_int, default=1,
+                       help="hidden layers of each MLP (default: 1)")
+    sweep.add_argument("--builder", default="mlp",
+                       help="model builder: mlp, debug_raise, debug_oom or module:function "
+                       "(default: mlp)")
+    sweep.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    sweep.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    sweep.add_argument("--epochs", type=_positive_int, default=3, help="epochs (default: 3)")
+    sweep.add_argument("--batch-size", type=_positive_int, default=100)
+    sweep.add_argument("--validation-split", type=float, default=0.1)
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    sweep.add_argument("--limit", type=_positive_int, default=None,
+                       help="use only the first N training and N test images (quick runs)")
+    sweep.add_argument("--workers", type=int, default=None,
+                       help="worker processes (default: min(2, cpu count); 0: in this process)")
+    sweep.add_argument("--out", metavar="DIR", default="out",
+                       help="folder for sweep.csv, sweep.md, sweep_heatmap.png (default: out)")
+
+    from nnlite.bench.cli import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser("bench", help="benchmark kernels, training and scaling against "
+                           "PyTorch and Keras", description="Benchmark nnlite (see "
+                           "benchmarks/README.md): kernels, training, scaling; all by default.")
+    add_bench_arguments(bench)
     return parser
 
 
@@ -176,10 +225,46 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from nnlite.sweep import run_sweep, sweep_markdown
+
+    if not 0 <= args.validation_split < 1:
+        raise SystemExit(f"nnlite sweep: --validation-split must lie in [0, 1), "
+                         f"received {args.validation_split}")
+    try:
+        results = run_sweep(args.hidden, args.lr, builder=args.builder, depth=args.depth,
+                            activation=args.activation, optimizer=args.optimizer,
+                            epochs=args.epochs, batch_size=args.batch_size,
+                            validation_split=args.validation_split, limit=args.limit,
+                            seed=args.seed, dtype=args.dtype, workers=args.workers,
+                            out=args.out)
+    except ValueError as exc:
+        raise SystemExit(f"nnlite sweep: {exc}") from None
+    print(sweep_markdown(results))
+    return 0 if any(r["status"] == "ok" for r in results) else 1
+
+
+def cmd_bench(args) -> int:
+    from nnlite.bench.cli import run
+
+    return run(args)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``nnlite`` command."""
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate}
+    if getattr(args, "backend", None) is not None:
+        import nnlite
+        from nnlite.backend import BackendUnavailable
+
+        try:
+            nnlite.set_backend(args.backend)
+        except BackendUnavailable as exc:
+            raise SystemExit(f"nnlite {args.command}: {exc}") from None
+        if args.threads is not None:
+            nnlite.config.set_threads(args.threads)
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep,
+                "bench": cmd_bench}
     return handlers[args.command](args)
 
 
