@@ -454,7 +454,7 @@ class Sequential:
             x_val, y_val = backend.to_device(x_val), backend.to_device(y_val)
         cbs.on_train_begin()
         try:
-            with self._loop(training=True):
+            with self._loop(training=True), config.auto_threads(self._step_flops(batch_size)):
                 logs = self._fit_epochs(x, y, x_val, y_val, batch_size, epochs, initial_epoch,
                                         shuffle, steps, cbs)
         except backend.memory_errors as exc:
@@ -499,6 +499,10 @@ class Sequential:
             if self.stop_training:
                 break
         return logs
+
+    def _step_flops(self, batch_size: int) -> float:
+        """Approximate GEMM work of one training step: 6·N·(parameters) (forward + backward)."""
+        return 6.0 * batch_size * self.count_params()
 
     def _check_batch_size(self, batch_size, what: str) -> int:
         """``batch_size`` validated (None means Keras's default, 32)."""
