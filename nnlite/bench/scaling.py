@@ -16,6 +16,7 @@ marked "(extrap.)" in the table.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 
 from nnlite.bench import systems as S
@@ -121,8 +122,6 @@ def run(options, emit) -> dict:
 
 def plot(records: list[dict], out: str, quick: bool = False) -> list[str]:
     """``scaling_batch.png`` and ``scaling_width.png`` under ``out`` (matplotlib, lazily)."""
-    import os
-
     try:
         import matplotlib
 
@@ -185,5 +184,6 @@ def markdown(result: dict) -> str:
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("")
     for path in result.get("plots", []):
-        lines.append(f"![{path}]({path.split('/')[-1]})")
+        name = os.path.basename(path)
+        lines.append(f"![{name[:-4].replace('_', ' ')}]({name})")
     return "\n".join(lines) + "\n"
