@@ -26,9 +26,12 @@ from nnlite.backend import numba_kernels as K
 from nnlite.backend.numpy_backend import Backend
 
 
+_TINY = {np.dtype(t): np.dtype(t).type(np.finfo(t).tiny) for t in (np.float32, np.float64)}
+
+
 def _tiny(a):
     """The smallest normal number of ``a``'s dtype: optimizer state below it is flushed."""
-    return a.dtype.type(np.finfo(a.dtype).tiny)
+    return _TINY[a.dtype]
 
 
 def _flat(a):

@@ -467,8 +467,10 @@ class Sequential:
         n = x.shape[0]
         rng = generator(self)
         backend = get_backend()
-        # Per-batch logs cost a host synchronisation on a GPU: computed only when shown or used.
-        batch_logs = backend.name != "cupy" or cbs.wants_batch_logs
+        # Per-batch logs are computed only when a callback shows or reads them (on a GPU each
+        # one is a host synchronisation); the loss is still checked every step on the CPU.
+        batch_logs = cbs.wants_batch_logs
+        check_each_step = backend.xp is np
         logs = {}
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
@@ -482,9 +484,10 @@ class Sequential:
                 tracker.update(loss, yb, y_pred)
                 logs = tracker.result() if batch_logs or step == steps - 1 else {}
                 cbs.on_train_batch_end(step, logs)
-                if logs and not math.isfinite(logs["loss"]):
+                value = float(loss) if check_each_step else logs.get("loss", 0.0)
+                if not math.isfinite(value):
                     warnings.warn(
-                        f"Epoch {epoch + 1}, step {step + 1}: the loss became {logs['loss']}; "
+                        f"Epoch {epoch + 1}, step {step + 1}: the loss became {value}; "
                         "training stopped. Try a smaller learning rate.",
                         NonFiniteLossWarning, stacklevel=2,
                     )
