@@ -259,7 +259,7 @@ class Sequential:
                 f"{self.name}.{what}: expected `x` with a batch axis, shape (N, ...), "
                 f"received shape {tuple(x.shape)}"
             )
-        if x.dtype.kind == "f" and not bool(np.isfinite(x).all()):
+        if x.dtype.kind == "f" and not _all_finite(x):
             raise ValueError(f"{self.name}.{what}: `x` contains NaN or infinite values")
         if self._input_shape is None:
             self._input_shape = tuple(x.shape[1:])
@@ -285,7 +285,7 @@ class Sequential:
             raise ValueError(
                 f"{self.name}.{what}: `x` has {n} samples but `y` has {y.shape[0]}"
             )
-        if y.dtype.kind == "f" and not bool(np.isfinite(y).all()):
+        if y.dtype.kind == "f" and not _all_finite(y):
             raise ValueError(f"{self.name}.{what}: `y` contains NaN or infinite values")
         probe = np.zeros((min(n, 1),) + tuple(self.output_shape[1:]), dtype=config.floatx())
         self.loss.check_target(y[: probe.shape[0]], probe)
@@ -719,6 +719,12 @@ class Sequential:
         print_fn(f" Trainable params: {trainable:,} ({_bytes(trainable * itemsize)})")
         print_fn(f" Non-trainable params: {total - trainable:,} "
                  f"({_bytes((total - trainable) * itemsize)})")
+
+
+def _all_finite(array, rows: int = 4096) -> bool:
+    """``isfinite(array).all()`` in blocks of rows: no temporary the size of the dataset."""
+    xp = np if isinstance(array, np.ndarray) else get_backend().xp
+    return all(bool(xp.isfinite(array[i:i + rows]).all()) for i in range(0, len(array), rows))
 
 
 def _on_backend(array) -> bool:
