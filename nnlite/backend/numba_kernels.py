@@ -153,6 +153,19 @@ def activation_backward_bias(dy, z, y, code, dz, dbias, has_bias):
 # ----------------------------------------------------------------------------------------------
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _row_shift_and_log_sum(row):
+    """``(max, log Σ exp(row − max))`` of one row of logits: logsumexp = max + log Σ."""
+    top = row[0]
+    for j in range(1, row.size):
+        if row[j] > top:
+            top = row[j]
+    s = 0.0
+    for j in range(row.size):
+        s += math.exp(row[j] - top)
+    return top, math.log(s)
+
+
 @bind()
 def softmax_xent_sparse(logits, labels, dlogits):
     """Mean cross-entropy of softmax(logits) against integer labels, and ``(p − onehot)/N``.
@@ -166,14 +179,7 @@ def softmax_xent_sparse(logits, labels, dlogits):
     n, c = logits.shape
     total = 0.0
     for i in prange(n):
-        top = logits[i, 0]
-        for j in range(1, c):
-            if logits[i, j] > top:
-                top = logits[i, j]
-        s = 0.0
-        for j in range(c):
-            s += math.exp(logits[i, j] - top)
-        log_s = math.log(s)
+        top, log_s = _row_shift_and_log_sum(logits[i])
         label = labels[i]
         total += log_s - (logits[i, label] - top)
         for j in range(c):
@@ -194,14 +200,7 @@ def softmax_xent_dense(logits, target, dlogits):
     n, c = logits.shape
     total = 0.0
     for i in prange(n):
-        top = logits[i, 0]
-        for j in range(1, c):
-            if logits[i, j] > top:
-                top = logits[i, j]
-        s = 0.0
-        for j in range(c):
-            s += math.exp(logits[i, j] - top)
-        log_s = math.log(s)
+        top, log_s = _row_shift_and_log_sum(logits[i])
         row = 0.0
         for j in range(c):
             shifted = logits[i, j] - top - log_s

@@ -21,6 +21,7 @@ import time
 from nnlite.bench import PARTS
 from nnlite.bench import systems as S
 from nnlite.bench.workloads import WORKLOADS
+from nnlite.cli import _positive_int
 
 DEFAULT_SYSTEMS = ("numpy", "numba", "cupy", "torch", "keras")
 
@@ -35,16 +36,6 @@ def _list(choices, what):
         return values
 
     return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
