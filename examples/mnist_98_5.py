@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -215,10 +216,10 @@ def main(argv=None) -> int:
         print("matplotlib is not installed: no plots (pip install 'nnlite[plot]')")
         return 0
     os.makedirs(args.out, exist_ok=True)
-    fig = plot.training_curves(history, title=f"MLP {widths} with shifted images")
-    for ax in fig.axes:
-        ax.axvline(best[1] + 1, color="0.3", linestyle=":", label="kept (best validation)")
-        ax.legend(fontsize=7)
+    # Mark the kept epoch as an EarlyStopping(restore_best_weights=True) would be marked.
+    kept = SimpleNamespace(stopped_epoch=0, best_epoch=best[1], restore_best_weights=True)
+    fig = plot.training_curves(history, early_stop=kept,
+                               title=f"MLP {widths} with shifted images (star: kept epoch)")
     paths = [plot.save(fig, os.path.join(args.out, "mnist_98_5_curves.png"))]
     fig = plot.confusion_matrix(y_test, predictions, class_names=list(range(10)))
     paths.append(plot.save(fig, os.path.join(args.out, "mnist_98_5_confusion.png")))
