@@ -9,6 +9,7 @@ held out for validation; it prints Keras-style epoch lines and the test loss and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes (default: min(2, cpu count); 0: in this process)")
     sweep.add_argument("--out", metavar="DIR", default="out",
                        help="folder for sweep.csv, sweep.md, sweep_heatmap.png (default: out)")
+    _add_runtime_args(sweep)
 
     from nnlite.bench.cli import add_arguments as add_bench_arguments
 
@@ -258,9 +260,11 @@ def main(argv=None) -> int:
         from nnlite.backend import BackendUnavailable
 
         try:
-            nnlite.set_backend(args.backend)
+            chosen = nnlite.set_backend(args.backend)
         except BackendUnavailable as exc:
             raise SystemExit(f"nnlite {args.command}: {exc}") from None
+        # Worker processes (nnlite sweep) read the choice from the environment.
+        os.environ["NNLITE_BACKEND"] = chosen.name
         if args.threads is not None:
             nnlite.config.set_threads(args.threads)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep,
