@@ -40,8 +40,12 @@ class Loss:
         """Mean loss over the batch (a scalar of ``y_pred``'s dtype)."""
         return self.value_and_grad(y_true, y_pred)[0]
 
-    def value_and_grad(self, y_true, y_pred):  # pragma: no cover - abstract
-        """Return ``(loss, dloss/dy_pred)``."""
+    def value_and_grad(self, y_true, y_pred, validate: bool = True):  # pragma: no cover
+        """Return ``(loss, dloss/dy_pred)``.
+
+        ``validate=False`` skips the checks of the target values (label range, whole numbers);
+        the model's loops pass it after validating all targets once, before the first step.
+        """
         raise NotImplementedError
 
     def check_target(self, y_true, y_pred) -> None:
@@ -83,8 +87,9 @@ class _Crossentropy(Loss):
         if name is not None:
             self.name = name
 
-    def _rows(self, y_true, y_pred):
-        """Predictions as rows (R, C) and the targets of those rows, checked.
+    def _rows(self, y_true, y_pred, validate: bool = True):
+        """Predictions as rows (R, C) and the targets of those rows, checked (label values
+        only when ``validate``; shapes always).
 
         Predictions of shape (N, ..., C) count every position as a sample, so the mean runs over
         all N·... rows, as Keras's "sum_over_batch_size" reduction does.
@@ -93,7 +98,10 @@ class _Crossentropy(Loss):
         rows = y_pred.reshape(-1, c)
         if self.sparse:
             shape = tuple(y_true.shape)
-            labels = _check_labels(y_true, c)
+            if validate:
+                labels = _check_labels(y_true, c)
+            else:
+                labels = y_true.reshape(-1).astype(F.get_array_module(y_true).int64, copy=False)
             if labels.shape[0] != rows.shape[0]:
                 hint = " (use CategoricalCrossentropy for one-hot targets)" if (
                     shape == tuple(y_pred.shape)) else ""
@@ -113,23 +121,23 @@ class _Crossentropy(Loss):
     def check_target(self, y_true, y_pred):
         self._rows(y_true, y_pred)
 
-    def value_and_grad(self, y_true, y_pred):
+    def value_and_grad(self, y_true, y_pred, validate: bool = True):
         """Loss and gradient w.r.t. ``y_pred`` (logits if ``from_logits``, else probabilities)."""
         if self.from_logits:
-            loss, grad = self.value_and_grad_logits(y_true, y_pred)
+            loss, grad = self.value_and_grad_logits(y_true, y_pred, validate)
         else:
-            target, rows = self._rows(y_true, y_pred)
+            target, rows = self._rows(y_true, y_pred, validate)
             loss, grad = self._from_probabilities(target, rows)
         return loss, grad.reshape(y_pred.shape)
 
-    def value_and_grad_logits(self, y_true, logits):
+    def value_and_grad_logits(self, y_true, logits, validate: bool = True):
         """Fused, stable softmax cross-entropy from logits: ``(loss, (softmax(z) − t)/R)``.
 
         Returns the gradient as rows (R, C), R the number of prediction rows.
         """
         from nnlite.backend import get_backend
 
-        target, rows = self._rows(y_true, logits)
+        target, rows = self._rows(y_true, logits, validate)
         return get_backend().softmax_cross_entropy(rows, target)
 
     def _from_probabilities(self, target, p):
@@ -211,7 +219,7 @@ class MeanSquaredError(Loss):
                 f"received {tuple(y_true.shape)}"
             )
 
-    def value_and_grad(self, y_true, y_pred):
+    def value_and_grad(self, y_true, y_pred, validate: bool = True):
         self.check_target(y_true, y_pred)
         return F.mean_squared_error(y_pred, y_true.astype(y_pred.dtype, copy=False))
 

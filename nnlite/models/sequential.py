@@ -289,7 +289,8 @@ class Sequential:
             raise ValueError(f"{self.name}.{what}: `y` contains NaN or infinite values")
         probe = np.zeros((min(n, 1),) + tuple(self.output_shape[1:]), dtype=config.floatx())
         self.loss.check_target(y[: probe.shape[0]], probe)
-        if self.loss.__class__ is losses_module.SparseCategoricalCrossentropy:
+        if getattr(self.loss, "sparse", False):
+            # Every label once here, so the steps can skip the per-batch value checks.
             losses_module._check_labels(y, self.output_shape[-1])
         return y
 
@@ -305,11 +306,11 @@ class Sequential:
         layers = self.layers[self._first_param_layer:]
         if self._fused:
             last = self.layers[-1]
-            loss, dz = self.loss.value_and_grad_logits(y_true, last.logits)
+            loss, dz = self.loss.value_and_grad_logits(y_true, last.logits, validate=False)
             dy = last.backward_from_logits(dz)
             layers = layers[:-1]
         else:
-            loss, dy = self.loss.value_and_grad(y_true, y_pred)
+            loss, dy = self.loss.value_and_grad(y_true, y_pred, validate=False)
         for layer in reversed(layers):
             dy = layer.backward(dy)
         return loss
@@ -375,9 +376,9 @@ class Sequential:
     def _test_step(self, x, y):
         y_pred = self._forward(x, training=False)
         if self._fused:
-            loss, _ = self.loss.value_and_grad_logits(y, self.layers[-1].logits)
+            loss, _ = self.loss.value_and_grad_logits(y, self.layers[-1].logits, validate=False)
         else:
-            loss, _ = self.loss.value_and_grad(y, y_pred)
+            loss, _ = self.loss.value_and_grad(y, y_pred, validate=False)
         return loss, y_pred
 
     def _batch(self, data, index):
