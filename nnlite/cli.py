@@ -151,15 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_mnist(limit: int | None, dtype: str):
     from nnlite.datasets import mnist
 
-    (x_train, y_train), (x_test, y_test) = mnist.load_data()
-    if limit is not None:
-        x_train, y_train, x_test, y_test = (
-            x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
-        )
-    # Scale pixels to [0, 1] once, in the working dtype.
-    x_train = x_train.reshape(len(x_train), -1).astype(dtype) / np.asarray(255, dtype)
-    x_test = x_test.reshape(len(x_test), -1).astype(dtype) / np.asarray(255, dtype)
-    return (x_train, y_train), (x_test, y_test)
+    return mnist.load_scaled(limit, dtype, flatten=True)
 
 
 def build_mlp(hidden, activation: str, seed: int | None = None):

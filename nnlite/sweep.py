@@ -166,11 +166,7 @@ def _load_data(limit, validation_split: float, dtype: str):
     if key not in _DATA_CACHE:
         from nnlite.datasets import mnist
 
-        (x, y), (x_test, y_test) = mnist.load_data()
-        if limit is not None:
-            x, y, x_test, y_test = x[:limit], y[:limit], x_test[:limit], y_test[:limit]
-        scale = np.asarray(255, dtype)
-        x, x_test = x.astype(dtype) / scale, x_test.astype(dtype) / scale
+        (x, y), (x_test, y_test) = mnist.load_scaled(limit, dtype)
         split = int(math.floor(len(x) * (1.0 - validation_split)))
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = ((x[:split], y[:split]), (x[split:], y[split:]), (x_test, y_test))

@@ -25,7 +25,6 @@ import numpy as np
 from nnlite.backend import numba_kernels as K
 from nnlite.backend.numpy_backend import Backend
 
-
 _TINY = {np.dtype(t): np.dtype(t).type(np.finfo(t).tiny) for t in (np.float32, np.float64)}
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ChecksumError", "IDXFormatError", "load_data", "load_idx"]
+__all__ = ["ChecksumError", "IDXFormatError", "load_data", "load_idx", "load_scaled"]
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
@@ -207,6 +207,30 @@ def load_data(
     arrays = _load_cached(str(directory), tuple(stamp))
     (x_train, y_train), (x_test, y_test) = arrays
     return (x_train.copy(), y_train.copy()), (x_test.copy(), y_test.copy())
+
+
+def load_scaled(limit: int | None = None, dtype="float32", flatten: bool = False,
+                path: str | os.PathLike | None = None):
+    """:func:`load_data` with pixels scaled to [0, 1] in ``dtype``, ready for training.
+
+    Args:
+        limit: keep only the first ``limit`` training and ``limit`` test images (quick runs).
+        dtype: float type of the images.
+        flatten: images as rows of 784 pixels instead of 28x28.
+        path: as in :func:`load_data`.
+
+    Returns:
+        ``((x_train, y_train), (x_test, y_test))``, labels uint8 as :func:`load_data`.
+    """
+    (x_train, y_train), (x_test, y_test) = load_data(path)
+    if limit is not None:
+        x_train, y_train, x_test, y_test = (
+            x_train[:limit], y_train[:limit], x_test[:limit], y_test[:limit]
+        )
+    scale = np.asarray(255, dtype)
+    if flatten:
+        x_train, x_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+    return (x_train.astype(dtype) / scale, y_train), (x_test.astype(dtype) / scale, y_test)
 
 
 def _resolve_dir(path: str | os.PathLike | None) -> Path:

@@ -384,3 +384,14 @@ def test_load_idx_rejects_truncated_gzip_stream(tmp_path):
 def test_load_idx_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.gz"):
         load_idx(tmp_path / "absent.gz")
+
+
+def test_load_scaled_is_load_data_over_255():
+    (x, y), (xt, yt) = mnist.load_scaled(limit=300, dtype="float64", flatten=True)
+    (x0, y0), (xt0, yt0) = mnist.load_data()
+    assert x.shape == (300, 784) and xt.shape == (300, 784) and x.dtype == np.float64
+    np.testing.assert_array_equal(x, x0[:300].reshape(300, -1) / 255.0)
+    np.testing.assert_array_equal(xt, xt0[:300].reshape(300, -1) / 255.0)
+    np.testing.assert_array_equal(y, y0[:300])
+    (x2, _), _ = mnist.load_scaled(limit=5)
+    assert x2.shape == (5, 28, 28) and x2.dtype == np.float32 and 0 <= x2.min() <= x2.max() <= 1
