@@ -39,27 +39,26 @@ class OutOfDeviceMemory(MemoryError):
     """Training ran out of (device) memory; the message says what was asked and what to try."""
 
 
-def _numba(**options):
-    try:
-        module = importlib.import_module("nnlite.backend.numba_backend")
-    except ImportError as exc:
-        raise BackendUnavailable(
-            f"the 'numba' backend needs Numba ({exc}); install it with `pip install numba`"
-        ) from exc
-    return module.NumbaBackend(**options)
+def _lazy(name: str, module: str, cls: str, hint: str):
+    """A factory that imports the backend's module only when the backend is selected."""
+
+    def factory(**options):
+        try:
+            backend_class = getattr(importlib.import_module(module), cls)
+        except ImportError as exc:
+            raise BackendUnavailable(f"the {name!r} backend needs {hint} ({exc})") from exc
+        return backend_class(**options)
+
+    return factory
 
 
-def _cupy(**options):
-    try:
-        module = importlib.import_module("nnlite.backend.cupy_backend")
-    except ImportError as exc:
-        raise BackendUnavailable(
-            f"the 'cupy' backend needs CuPy ({exc}); install nnlite[gpu] on a CUDA machine"
-        ) from exc
-    return module.CupyBackend(**options)
-
-
-_FACTORIES = {"numpy": lambda **options: Backend(**options), "numba": _numba, "cupy": _cupy}
+_FACTORIES = {
+    "numpy": lambda **options: Backend(**options),
+    "numba": _lazy("numba", "nnlite.backend.numba_backend", "NumbaBackend",
+                   "Numba: install it with `pip install numba`"),
+    "cupy": _lazy("cupy", "nnlite.backend.cupy_backend", "CupyBackend",
+                  "CuPy: install nnlite[gpu] on a CUDA machine"),
+}
 _CURRENT: Backend | None = None
 
 
