@@ -13,12 +13,12 @@ setup(
     packages=find_packages(include=["nnlite", "nnlite.*"]),
     package_data={"nnlite.datasets": ["data/*.gz", "data/SHA256SUMS"]},
     include_package_data=True,
-    install_requires=["numpy>=1.24", "numba>=0.59", "threadpoolctl>=3.1"],
+    install_requires=["numpy>=1.24", "numba>=0.59", "scipy>=1.10", "threadpoolctl>=3.1"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "tensorflow-cpu>=2.16"],
         "plot": ["matplotlib>=3.5"],
         "gpu": ["cupy-cuda12x"],
-        "bench": ["torch"],
+        "bench": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["nnlite=nnlite.cli:main"]},
 )

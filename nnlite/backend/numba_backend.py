@@ -57,9 +57,15 @@ class NumbaBackend(Backend):
                 f"NumbaBackend: expected `gemm` to be 'blas' or 'blocked', received {gemm!r}"
             )
         self.gemm = gemm
+        # Numba's np.dot (the compiled Dense step) calls SciPy's BLAS, a second OpenBLAS that
+        # Numba loads on its first compilation. Load it now, so that thread limits reach it:
+        # set_threads applies to the libraries loaded when it is called (re-applied here), and
+        # fit's one-thread policy to those loaded when fit starts.
+        import scipy.linalg.cython_blas  # noqa: F401
+
         from nnlite import config
 
-        config.apply_numba_threads()
+        config.set_threads(config.threads())
 
     def gather(self, data, index, dtype, out=None):
         if out is None:
@@ -121,6 +127,23 @@ class NumbaBackend(Backend):
             target = np.ascontiguousarray(target, dtype=logits.dtype)
             loss = K.softmax_xent_dense(logits.size, logits, target, dlogits)
         return logits.dtype.type(loss), dlogits
+
+    def dense_stack_step(self, x, target, plan):
+        """The whole step compiled as one function (:func:`numba_kernels.dense_stack_step`).
+
+        Used while every element-wise pass stays under :data:`numba_kernels.PARALLEL_THRESHOLD`
+        (the compiled step runs the serial kernels); larger steps and ``gemm="blocked"`` take
+        the per-layer kernels, which run in parallel.
+        """
+        widest = int(plan.layout[:, :2].max())
+        if (self.gemm != "blas" or x.shape[0] * widest >= K.PARALLEL_THRESHOLD
+                or not x.flags.c_contiguous or x.dtype != plan.work.dtype):
+            return super().dense_stack_step(x, target, plan)
+        if target.ndim == 2:
+            target = np.ascontiguousarray(target, dtype=x.dtype)
+        loss = K.dense_stack_step(x, target, plan.params, plan.grads, plan.work, plan.layout,
+                                  plan.codes)
+        return x.dtype.type(loss), [(views.z, views.y) for views in plan.layers]
 
     def sgd_update(self, param, grad, lr, momentum=None, velocity=None, nesterov=False):
         p, g = _flat(param), _flat(grad)

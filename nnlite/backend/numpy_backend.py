@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy
 
+from nnlite import activations
 from nnlite import functional as F
 
 
@@ -101,6 +102,42 @@ class Backend:
         ``target`` holds integer labels (N,) or one-hot rows (N, C).
         """
         return F.softmax_cross_entropy(logits, target)
+
+    def dense_stack_step(self, x, target, plan):
+        """Forward, fused softmax cross-entropy and backward of a stack of Dense layers.
+
+        The whole training step of an MLP (without the optimizer): the per-layer kernels above,
+        in order. ``plan`` (a ``nnlite.models.dense_stack.StackPlan``) holds each layer's
+        parameters, its gradient arrays (written in place) and preallocated buffers.
+
+        Math (a₀ = x, layers l = 1 … L; the loss reads z_L as logits, f_L is softmax or linear):
+            forward   z_l = a_{l−1} · W_l + b_l          a_l = f_l(z_l)
+            loss      (1/N) Σ_n (logsumexp(z_L[n]) − Σ_c t[n, c] z_L[n, c])
+            backward  dz_L = (softmax(z_L) − t) / N
+                      dW_l = a_{l−1}ᵀ · dz_l    db_l = Σ_n dz_l[n]
+                      dz_{l−1} = f'_{l−1}(z_{l−1}) ⊙ (dz_l · W_lᵀ)
+
+        Returns:
+            ``(loss, outputs)``: the mean loss and each layer's ``(z, a)``.
+        """
+        outputs, a = [], x
+        for views in plan.layers:
+            z, a = self.dense_forward(a, views.kernel, views.bias, views.activation,
+                                      out=(views.z, views.y))
+            outputs.append((z, a))
+        loss, dy = self.softmax_cross_entropy(outputs[-1][0], target)
+        # The loss already differentiated the last layer's activation: its dz is dy.
+        activation = activations.get("linear")
+        for index in range(len(plan.layers) - 1, -1, -1):
+            views = plan.layers[index]
+            z, y = outputs[index]
+            a = x if index == 0 else outputs[index - 1][1]
+            dy, _, _ = self.dense_backward(
+                dy, a, views.kernel, z, y, activation, need_dx=index > 0,
+                out=(views.dkernel, views.dbias, views.dx, views.dz),
+            )
+            activation = plan.layers[index - 1].activation
+        return loss, outputs
 
     # -- optimizers (all in place) -------------------------------------------------------------
 

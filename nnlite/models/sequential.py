@@ -31,6 +31,7 @@ from nnlite.callbacks import CallbackList
 from nnlite.layers.activation import Activation
 from nnlite.layers.base import Layer, unique_name
 from nnlite.layers.core import Dense, InputLayer
+from nnlite.models.dense_stack import DenseStack
 from nnlite.random import generator
 
 
@@ -122,6 +123,10 @@ class Sequential:
         self._packed_key = None
         self._packed: list = []
         self._batch_buffers: dict = {}
+        # A plain Dense stack trains through one backend call per step (models/dense_stack.py);
+        # False forces the layer-by-layer path (the tests compare the two).
+        self._use_stack = True
+        self._stack = self._stack_key = None
         for layer in layers or []:
             self.add(layer)
 
@@ -358,6 +363,11 @@ class Sequential:
         """The model's own loops: layers reuse preallocated buffers; parameters are packed."""
         if training:
             self._pack_parameters()
+            key = (self._packed_key, id(self.loss), self._fused)
+            if not self._use_stack:
+                self._stack = self._stack_key = None
+            elif key != self._stack_key:
+                self._stack, self._stack_key = DenseStack.of(self), key
         previous = [layer.reuse_buffers for layer in self.layers]
         for layer in self.layers:
             layer.reuse_buffers = True
@@ -368,8 +378,11 @@ class Sequential:
                 layer.reuse_buffers = flag
 
     def _train_step(self, x, y):
-        y_pred = self._forward(x, training=True)
-        loss = self._loss_and_backward(y, y_pred)
+        if self._stack is not None:
+            loss, y_pred = self._stack.step(x, y)
+        else:
+            y_pred = self._forward(x, training=True)
+            loss = self._loss_and_backward(y, y_pred)
         self.optimizer.apply_gradients(self._grads_and_vars())
         return loss, y_pred
 

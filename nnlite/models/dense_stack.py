@@ -1,0 +1,188 @@
+"""A model's Dense layers seen as one unit, so that a training step is one backend call.
+
+Most MNIST models are a plain stack: ``[Input | Flatten] -> Dense -> ... -> Dense(softmax)`` with
+a cross-entropy loss. For them :meth:`Sequential.fit` does not walk the layers one by one: it
+hands the whole step (forward, fused softmax cross-entropy, backward) to
+``backend.dense_stack_step``, which the Numba backend runs as one compiled function. The NumPy
+backend's version is the same per-layer kernels called in a loop, the specification the
+compiled step is tested against; the layer-by-layer path stays for every other model.
+
+Each layer keeps its contract after a step: ``grads`` hold this step's gradients (views into
+the model's packed gradient vector, as on the layer path) and the layer's cache holds this
+step's input and outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nnlite import losses as losses_module
+from nnlite.backend import get_backend
+from nnlite.layers.core import Dense, InputLayer
+from nnlite.layers.reshaping import Flatten
+
+#: Activations the compiled step knows (the Numba kernels' codes, in that order).
+ACTIVATION_CODES = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "softmax": 4}
+
+
+@dataclass
+class LayerViews:
+    """One layer's arrays inside a :class:`StackPlan` (views into flat vectors)."""
+
+    activation: object
+    kernel: object
+    bias: object
+    dkernel: object
+    dbias: object
+    z: object
+    y: object
+    dz: object
+    dx: object
+
+
+@dataclass
+class StackPlan:
+    """Everything one step of batch size ``n`` reads and writes, in two forms: the flat vectors
+    with an offset table (for compiled kernels) and per-layer views (for array code).
+
+    Attributes:
+        params, grads: the model's packed parameter and gradient vectors.
+        work: z, y, dz and dx of every layer for this batch size, in one vector.
+        layout: (L, 8) int64; row l = D_in, D_out and the offsets of kernel, bias, z, y, dz, dx
+            (-1 where absent: no bias, no dx for the first layer).
+        codes: (L,) int64 activation codes (:data:`ACTIVATION_CODES`).
+        layers: per-layer :class:`LayerViews`.
+    """
+
+    params: object
+    grads: object
+    work: object
+    layout: np.ndarray
+    codes: np.ndarray
+    layers: list
+
+
+class DenseStack:
+    """The Dense layers of an eligible model and the flat layout of their arrays.
+
+    Build it with :meth:`of`, which returns None for models that are not a plain Dense stack.
+    """
+
+    def __init__(self, layers, flat, flat_grad, loss):
+        self.layers = layers
+        self.loss = loss
+        self.params, self.grads = flat, flat_grad
+        self.codes = np.array([ACTIVATION_CODES[layer.activation.name] for layer in layers],
+                              dtype=np.int64)
+        self._plans: dict = {}
+
+    @classmethod
+    def of(cls, model) -> DenseStack | None:
+        """The stack of ``model`` (compiled, parameters packed), or None when it is not one.
+
+        Eligible: leading ``Input``/``Flatten`` layers, then only trainable Dense layers whose
+        activations are linear, relu, sigmoid, tanh or softmax, all parameters in one packed
+        vector, and a cross-entropy that is either fused with a final softmax or reads the
+        logits of a final linear layer (``from_logits=True``).
+        """
+        layers = list(model.layers)
+        while layers and isinstance(layers[0], (InputLayer, Flatten)):
+            layers.pop(0)
+        if not layers or not all(type(layer) is Dense for layer in layers):
+            return None
+        if not all(layer.trainable and layer.activation.name in ACTIVATION_CODES
+                   for layer in layers):
+            return None
+        if len(layers[0].input_shape) != 2:
+            return None
+        loss, last = model.loss, layers[-1].activation.name
+        logits_mode = (isinstance(loss, losses_module._Crossentropy) and loss.from_logits
+                       and last == "linear")
+        if not (model._fused or logits_mode):
+            return None
+        packed = model._packed
+        if len(packed) != 1:
+            return None
+        flat_grad, flat = packed[0]
+        if not isinstance(flat, np.ndarray):
+            return None
+        stack = cls(layers, flat, flat_grad, loss)
+        return stack if stack._offsets() is not None else None
+
+    def _offsets(self):
+        """Offsets of every kernel and bias in the packed vector (None if one is not in it)."""
+        offsets = []
+        for layer in self.layers:
+            row = []
+            for key in ("kernel", "bias"):
+                param = layer.params.get(key)
+                if param is None:
+                    row.append(-1)
+                    continue
+                start = (param.ctypes.data - self.params.ctypes.data) // param.itemsize
+                if (not param.flags.c_contiguous or param.dtype != self.params.dtype
+                        or not 0 <= start <= self.params.size - param.size):
+                    return None
+                row.append(start)
+            offsets.append(row)
+        self._param_offsets = offsets
+        return offsets
+
+    def plan(self, n: int) -> StackPlan:
+        """The :class:`StackPlan` for batch size ``n`` (allocated once per size)."""
+        plan = self._plans.get(n)
+        if plan is not None:
+            return plan
+        layout, size = [], 0
+        for index, (layer, (kernel_at, bias_at)) in enumerate(zip(self.layers,
+                                                                  self._param_offsets)):
+            d_in, d_out = layer.params["kernel"].shape
+            # Linear layers write y over z (dense_forward returns (z, z) for them); the first
+            # layer has no dx; the last layer's dz is the loss's dlogits.
+            sizes = (n * d_out, 0 if layer.activation.name == "linear" else n * d_out,
+                     n * d_out, n * d_in if index > 0 else 0)
+            z_at, y_at, dz_at, dx_at = (size + sum(sizes[:k]) for k in range(4))
+            size += sum(sizes)
+            layout.append((d_in, d_out, kernel_at, bias_at, z_at, y_at if sizes[1] else z_at,
+                           dz_at, dx_at if index > 0 else -1))
+        work = get_backend().xp.empty(size, dtype=self.params.dtype)
+        layout = np.array(layout, dtype=np.int64)
+        views = []
+        for layer, (d_in, d_out, _, _, z_at, y_at, dz_at, dx_at) in zip(self.layers,
+                                                                        layout.tolist()):
+            views.append(LayerViews(
+                activation=layer.activation,
+                kernel=layer.params["kernel"], bias=layer.params.get("bias"),
+                dkernel=layer.grads["kernel"], dbias=layer.grads.get("bias"),
+                z=_matrix(work, z_at, n, d_out), y=_matrix(work, y_at, n, d_out),
+                dz=_matrix(work, dz_at, n, d_out), dx=_matrix(work, dx_at, n, d_in),
+            ))
+        plan = self._plans[n] = StackPlan(self.params, self.grads, work, layout, self.codes,
+                                          views)
+        return plan
+
+    def step(self, x, y):
+        """Forward, loss and backward of one batch; returns ``(loss, y_pred)``.
+
+        Gradients land in the layers' ``grads`` (the packed gradient vector); the optimizer
+        step is the model's, as on the layer path.
+        """
+        n = x.shape[0]
+        x2 = x.reshape(n, -1)
+        plan = self.plan(n)
+        target, _ = self.loss._rows(y, plan.layers[-1].z, validate=False)
+        loss, outputs = get_backend().dense_stack_step(x2, target, plan)
+        lead = (n,)
+        a = x2
+        for layer, (z, y_out) in zip(self.layers, outputs):
+            layer._cache = (a, z, y_out, lead)
+            a = y_out
+        return loss, a
+
+
+
+def _matrix(flat, at: int, rows: int, cols: int):
+    """The (rows, cols) view of ``flat`` from offset ``at``; None for an absent array (-1)."""
+    return None if at < 0 else flat[at:at + rows * cols].reshape(rows, cols)
