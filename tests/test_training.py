@@ -229,6 +229,29 @@ def test_batch_size_larger_than_data(mnist_small):
     assert rec.sizes == [50]
 
 
+def test_full_batch_reads_the_data_in_place(backend, float64, mnist_small, monkeypatch):
+    """One batch of every sample: no gather (x itself is the batch), and shuffling changes
+    nothing but the rounding (the mean gradient does not depend on the sample order)."""
+    (x, y), _ = mnist_small
+    x = x[:300].astype(np.float64)
+    gathers = []
+    original = type(backend).gather
+    monkeypatch.setattr(type(backend), "gather",
+                        lambda self, *a, **k: gathers.append(1) or original(self, *a, **k))
+    runs = []
+    for shuffle in (True, False):
+        model = compiled(seed=5)
+        history = model.fit(x, y[:300], batch_size=300, epochs=3, shuffle=shuffle, verbose=0)
+        runs.append((history.history["loss"], model.get_weights()))
+    assert not gathers
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-12)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    model = compiled(seed=5)
+    model.fit(x[:299].astype(np.float32), y[:299], batch_size=300, epochs=1, verbose=0)
+    assert gathers  # a cast to floatx still goes through the gather
+
+
 def test_shuffle_false_is_deterministic(backend, mnist_small):
     (x, y), _ = mnist_small
     a = compiled(seed=3)

@@ -135,15 +135,14 @@ class NumbaBackend(Backend):
         (the compiled step runs the serial kernels); larger steps and ``gemm="blocked"`` take
         the per-layer kernels, which run in parallel.
         """
-        widest = int(plan.layout[:, :2].max())
-        if (self.gemm != "blas" or x.shape[0] * widest >= K.PARALLEL_THRESHOLD
+        if (self.gemm != "blas" or plan.largest >= K.PARALLEL_THRESHOLD
                 or not x.flags.c_contiguous or x.dtype != plan.work.dtype):
             return super().dense_stack_step(x, target, plan)
         if target.ndim == 2:
             target = np.ascontiguousarray(target, dtype=x.dtype)
         loss = K.dense_stack_step(x, target, plan.params, plan.grads, plan.work, plan.layout,
                                   plan.codes)
-        return x.dtype.type(loss), [(views.z, views.y) for views in plan.layers]
+        return x.dtype.type(loss), plan.outputs
 
     def sgd_update(self, param, grad, lr, momentum=None, velocity=None, nesterov=False):
         p, g = _flat(param), _flat(grad)

@@ -54,6 +54,8 @@ class StackPlan:
             (-1 where absent: no bias, no dx for the first layer).
         codes: (L,) int64 activation codes (:data:`ACTIVATION_CODES`).
         layers: per-layer :class:`LayerViews`.
+        outputs: per-layer ``(z, y)`` views into ``work``.
+        largest: the most elements of one layer's z (n × the widest D_out).
     """
 
     params: object
@@ -62,6 +64,8 @@ class StackPlan:
     layout: np.ndarray
     codes: np.ndarray
     layers: list
+    outputs: list
+    largest: int
 
 
 class DenseStack:
@@ -159,8 +163,10 @@ class DenseStack:
                 z=_matrix(work, z_at, n, d_out), y=_matrix(work, y_at, n, d_out),
                 dz=_matrix(work, dz_at, n, d_out), dx=_matrix(work, dx_at, n, d_in),
             ))
-        plan = self._plans[n] = StackPlan(self.params, self.grads, work, layout, self.codes,
-                                          views)
+        plan = self._plans[n] = StackPlan(
+            self.params, self.grads, work, layout, self.codes, views,
+            outputs=[(v.z, v.y) for v in views], largest=n * int(layout[:, 1].max()),
+        )
         return plan
 
     def step(self, x, y):

@@ -34,17 +34,27 @@ class Adam(Optimizer):
         if amsgrad:
             raise ValueError("Adam: `amsgrad=True` is not supported by nnlite")
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self._cached = (None, None)
 
     def slot_names(self):
         return ("m", "v")
 
     def update_step(self, grad, param, state, lr):
         dtype = param.dtype
+        b1, b2, c1, c2, eps = self._constants(dtype)
         t = dtype.type(self.iterations + 1)
-        b1, b2 = keras_scalar(self.beta_1, dtype), keras_scalar(self.beta_2, dtype)
         # Computed in the parameters' dtype, in Keras's order: (lr · √(1 − β₂ᵗ)) / (1 − β₁ᵗ).
         alpha = dtype.type(lr) * np.sqrt(1 - b2**t) / (1 - b1**t)
-        get_backend().adam_update(
-            param, grad, state["m"], state["v"], dtype.type(alpha),
-            dtype.type(1 - self.beta_1), dtype.type(1 - self.beta_2), dtype.type(self.epsilon),
-        )
+        get_backend().adam_update(param, grad, state["m"], state["v"], dtype.type(alpha),
+                                  c1, c2, eps)
+
+    def _constants(self, dtype) -> tuple:
+        """β₁, β₂ as Keras casts them, and 1 − β₁, 1 − β₂, ε̂ in ``dtype`` (computed once)."""
+        key = (dtype, self.beta_1, self.beta_2, self.epsilon)
+        if self._cached[0] != key:
+            self._cached = (key, (
+                keras_scalar(self.beta_1, dtype), keras_scalar(self.beta_2, dtype),
+                dtype.type(1 - self.beta_1), dtype.type(1 - self.beta_2),
+                dtype.type(self.epsilon),
+            ))
+        return self._cached[1]
