@@ -778,3 +778,35 @@ def test_float32_is_the_default(mnist_small):
     assert nnlite.config.floatx() == "float32"
     assert model.predict(x[:4].astype(np.float64), verbose=0).dtype == np.float32
     assert all(w.dtype == np.float32 for w in model.get_weights())
+
+
+@pytest.mark.parametrize("width, limited", [(16, True), (2048, False)])
+def test_small_steps_run_blas_on_one_thread(width, limited, mnist_small):
+    """fit, evaluate and predict run BLAS on one thread when a step is small (unless
+    config.set_threads was called) and leave the libraries' own count for large steps."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    (x, y), _ = mnist_small
+    seen = {}
+
+    def blas_threads():
+        return max(info["num_threads"] for info in threadpoolctl.threadpool_info()
+                   if info["user_api"] == "blas")
+
+    class Probe(cb.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen["fit"] = blas_threads()
+
+        def on_test_batch_end(self, batch, logs=None):
+            seen["evaluate"] = blas_threads()
+
+        def on_predict_batch_end(self, batch, logs=None):
+            seen["predict"] = blas_threads()
+
+    outside = blas_threads()
+    model = compiled(hidden=(width,))
+    model.fit(x[:64], y[:64], batch_size=32, verbose=0, callbacks=[Probe()])
+    model.evaluate(x[:64], y[:64], batch_size=32, verbose=0, callbacks=[Probe()])
+    model.predict(x[:64], batch_size=32, verbose=0, callbacks=[Probe()])
+    expected = 1 if limited else outside
+    assert seen == {"fit": expected, "evaluate": expected, "predict": expected}
+    assert blas_threads() == outside

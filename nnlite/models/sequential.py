@@ -13,6 +13,7 @@ the samples seen so far in the epoch (weighted by batch size), as Keras reports 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -359,8 +360,11 @@ class Sequential:
         self._packed, self._packed_key = packed, key
 
     @contextmanager
-    def _loop(self, training: bool):
-        """The model's own loops: layers reuse preallocated buffers; parameters are packed."""
+    def _loop(self, training: bool, batch_size: int | None = None):
+        """The model's own loops: layers reuse preallocated buffers, parameters are packed, and
+        for a loop over batches of ``batch_size``, BLAS runs on one thread when its steps are
+        small (``config.auto_threads``; not for single calls such as ``train_on_batch``, where
+        setting the limit would cost more than the step)."""
         if training:
             self._pack_parameters()
             key = (self._packed_key, id(self.loss), self._fused)
@@ -372,7 +376,10 @@ class Sequential:
         for layer in self.layers:
             layer.reuse_buffers = True
         try:
-            yield
+            threads = (contextlib.nullcontext() if batch_size is None
+                       else config.auto_threads(self._step_flops(batch_size, training)))
+            with threads:
+                yield
         finally:
             for layer, flag in zip(self.layers, previous):
                 layer.reuse_buffers = flag
@@ -470,7 +477,7 @@ class Sequential:
             x_val, y_val = backend.to_device(x_val), backend.to_device(y_val)
         cbs.on_train_begin()
         try:
-            with self._loop(training=True), config.auto_threads(self._step_flops(batch_size)):
+            with self._loop(training=True, batch_size=batch_size):
                 logs = self._fit_epochs(x, y, x_val, y_val, batch_size, epochs, initial_epoch,
                                         shuffle, steps, cbs)
         except backend.memory_errors as exc:
@@ -527,9 +534,9 @@ class Sequential:
                 break
         return logs
 
-    def _step_flops(self, batch_size: int) -> float:
-        """Approximate GEMM work of one training step: 6·N·(parameters) (forward + backward)."""
-        return 6.0 * batch_size * self.count_params()
+    def _step_flops(self, batch_size: int, training: bool = True) -> float:
+        """Approximate GEMM work of one step: 2·N·(parameters) forward, 6·N·(...) training."""
+        return (6.0 if training else 2.0) * batch_size * self.count_params()
 
     def _check_batch_size(self, batch_size, what: str) -> int:
         """``batch_size`` validated (None means Keras's default, 32)."""
@@ -549,7 +556,7 @@ class Sequential:
                            epochs=1, steps=steps)
         cbs.on_test_begin()
         tracker = _RunningMeans(self.metrics)
-        with self._loop(training=False):
+        with self._loop(training=False, batch_size=batch_size):
             for step in range(steps):
                 cbs.on_test_batch_begin(step)
                 index = slice(step * batch_size, (step + 1) * batch_size)
@@ -593,7 +600,7 @@ class Sequential:
         cbs.on_predict_begin()
         backend = get_backend()
         out = []
-        with self._loop(training=False):
+        with self._loop(training=False, batch_size=batch_size):
             for step in range(steps):
                 cbs.on_predict_batch_begin(step)
                 index = slice(step * batch_size, (step + 1) * batch_size)
