@@ -4,7 +4,9 @@
 - every public kernel method of each installed backend (the ``backend`` fixture) against the
   reference :class:`nnlite.backend.Backend`: float64 relative error ≤ 1e-12, float32 ≤ 1e-5,
   with and without ``out=`` buffers, on contiguous and non-contiguous arrays (the fallback path);
-  the Numba backend also with its parallel bindings forced (``PARALLEL_THRESHOLD = 0``);
+  the Numba backend also with its parallel bindings forced (``PARALLEL_THRESHOLD = 0``); the
+  LSTM cell for every pair of the activations an LSTM accepts, with and without ``dy``;
+- the CuPy LSTM kernels' CUDA sources, checked as text without a GPU (a stand-in ``cupy``);
 - the model's flat parameter packing and whole trainings that must agree across backends.
 """
 
@@ -13,9 +15,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -507,6 +511,168 @@ def test_rmsprop_update_matches_reference(binding, dtype, momentum, centered, la
         REF.rmsprop_update(refs[0], g.astype(dtype), refs[1], *hyper, **slots(refs))
         backend.rmsprop_update(views[0], grad, views[1], *hyper, **slots(views))
     _check_update(backend, views, owners, refs, dtype, layout)
+
+
+# -- the LSTM cell (one time step) -------------------------------------------------------------
+
+LSTM_ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh"]  # what an LSTM layer accepts
+LSTM_PAIRS = [pytest.param(act, rec, id=f"{act}-{rec}")
+              for act in LSTM_ACTIVATIONS for rec in LSTM_ACTIVATIONS]
+
+
+def _lstm_inputs(dtype, n=33, u=17, seed=12):
+    """One step's gate pre-activations (N, 4U), h·recurrent_kernel (N, 4U), c_{t−1} (N, U) and
+    backward's dh, dy, dc (N, U). N·U = 561 spans several GPU thread blocks."""
+    r = np.random.default_rng(seed)
+    gates = 2 * r.standard_normal((n, 4 * u))
+    hz = r.standard_normal((n, 4 * u))
+    rest = [r.standard_normal((n, u)) for _ in range(4)]
+    return [a.astype(dtype) for a in [gates, hz] + rest]
+
+
+def _copies(backend, *arrays):
+    """Backend copies (the methods update some arguments in place)."""
+    return [None if a is None else backend.xp.array(a) for a in arrays]
+
+
+@pytest.mark.parametrize("use_out", [False, True], ids=["alloc", "out"])
+@pytest.mark.parametrize("act,rec", LSTM_PAIRS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@on_every_binding
+def test_lstm_cell_forward_matches_reference(binding, dtype, act, rec, use_out):
+    backend = binding
+    gates, hz, c_prev, *_ = _lstm_inputs(dtype)
+    fns = activations.get(act), activations.get(rec)
+    gates_ref = gates.copy()
+    refs = [np.array(a) for a in REF.lstm_cell_forward(gates_ref, hz.copy(), c_prev, *fns)]
+    gates_b, hz_b, c_prev_b = _copies(backend, gates, hz, c_prev)
+    out = None
+    if use_out:
+        out = tuple(backend.xp.full(c_prev.shape, np.nan, dtype) for _ in range(3))
+    got = backend.lstm_cell_forward(gates_b, hz_b, c_prev_b, *fns, out=out)
+    assert len(got) == 3
+    assert_close(backend, gates_b, gates_ref, dtype, "gates (activations, in place)")
+    for what, array, ref in zip(["c", "act_c", "h"], got, refs):
+        assert_close(backend, array, ref, dtype, what)
+    np.testing.assert_array_equal(_np(backend, c_prev_b), c_prev)
+    if use_out:
+        assert all(array is buf for array, buf in zip(got, out))
+
+
+@pytest.mark.parametrize("use_out", [False, True], ids=["alloc", "out"])
+@pytest.mark.parametrize("with_dy", [True, False], ids=["dy", "nody"])
+@pytest.mark.parametrize("act,rec", LSTM_PAIRS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@on_every_binding
+def test_lstm_cell_backward_matches_reference(binding, dtype, act, rec, with_dy, use_out):
+    backend = binding
+    gates, hz, c_prev, dh, dy, dc = _lstm_inputs(dtype, seed=13)
+    fns = activations.get(act), activations.get(rec)
+    _, act_c, _ = REF.lstm_cell_forward(gates, hz, c_prev, *fns)  # gates -> [i f g o]
+    act_c = np.array(act_c)
+    dy = dy if with_dy else None
+    dc_ref = dc.copy()
+    dz_ref = REF.lstm_cell_backward(dh, dy, dc_ref, gates, c_prev, act_c, *fns)
+    args = _copies(backend, dh, dy, dc, gates, c_prev, act_c)
+    out = backend.xp.full(gates.shape, np.nan, dtype) if use_out else None
+    dz = backend.lstm_cell_backward(*args, *fns, out=out)
+    assert_close(backend, dz, dz_ref, dtype, "dz")
+    assert_close(backend, args[2], dc_ref, dtype, "dc (dc_{t-1}, in place)")
+    for what, array, ref in zip(["dh", "dy", "gates", "c_prev", "act_c"],
+                                [args[0], args[1]] + args[3:], [dh, dy, gates, c_prev, act_c]):
+        if ref is not None:
+            np.testing.assert_array_equal(_np(backend, array), ref, err_msg=what)
+    if use_out:
+        assert dz is out
+
+
+@pytest.mark.parametrize("act,rec,transposed", [
+    pytest.param("tanh", "sigmoid", True, id="transposed"),
+    pytest.param("softmax", "sigmoid", False, id="softmax-activation"),
+    pytest.param("relu", "softmax", False, id="softmax-recurrent"),
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+@on_every_binding
+def test_lstm_cell_fallback_matches_reference(binding, dtype, act, rec, transposed):
+    """What the fused kernels leave to the base class (F-ordered arrays, softmax): same numbers,
+    same in-place updates."""
+    backend = binding
+    gates, hz, c_prev, dh, dy, dc = _lstm_inputs(dtype, seed=14)
+    fns = activations.get(act), activations.get(rec)
+
+    def put(a):
+        if not transposed:
+            return backend.xp.array(a)
+        return backend.asarray(np.ascontiguousarray(a.T)).T
+
+    gates_ref = gates.copy()
+    refs = [np.array(a) for a in REF.lstm_cell_forward(gates_ref, hz.copy(), c_prev, *fns)]
+    gates_b, c_prev_b = put(gates), put(c_prev)
+    out = tuple(put(np.full(c_prev.shape, np.nan, dtype)) for _ in range(3))
+    got = backend.lstm_cell_forward(gates_b, put(hz), c_prev_b, *fns, out=out)
+    assert_close(backend, gates_b, gates_ref, dtype, "gates")
+    for what, array, ref, buf in zip(["c", "act_c", "h"], got, refs, out):
+        assert_close(backend, array, ref, dtype, what)
+        assert array is buf
+    dc_ref = dc.copy()
+    dz_ref = REF.lstm_cell_backward(dh, dy, dc_ref, gates_ref, c_prev, refs[1], *fns)
+    dc_b, dz_buf = put(dc), put(np.full(gates.shape, np.nan, dtype))
+    dz = backend.lstm_cell_backward(put(dh), put(dy), dc_b, gates_b, c_prev_b, got[1], *fns,
+                                    out=dz_buf)
+    assert dz is dz_buf
+    assert_close(backend, dz, dz_ref, dtype, "dz")
+    assert_close(backend, dc_b, dc_ref, dtype, "dc")
+
+
+def test_cupy_lstm_kernel_sources_for_every_activation_pair(monkeypatch):
+    """Runs without a GPU: the CUDA sources the CuPy backend hands to ``ElementwiseKernel`` for
+    the LSTM cell, built against a stand-in ``cupy`` module, checked as text (names declared,
+    in-place arrays are outputs, no double-precision literals, gates indexed [n·4U + k·U + j])."""
+    built = []
+    fake = types.ModuleType("cupy")
+    fake.ElementwiseKernel = lambda *args, **kwargs: built.append(args) or args
+    fake.cuda = types.SimpleNamespace(memory=types.SimpleNamespace(OutOfMemoryError=MemoryError))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.delitem(sys.modules, "nnlite.backend.cupy_backend", raising=False)
+    monkeypatch.setattr(nnlite.backend, "cupy_backend", None, raising=False)
+    module = importlib.import_module("nnlite.backend.cupy_backend")
+
+    def names(params):
+        return [p.split()[-1] for p in params.split(",")]
+
+    expected_params = {
+        "forward": (["hz", "c_prev", "u"], ["gates", "c", "act_c", "h"], "gates"),
+        "backward": (["dh", "dy", "has_dy", "gates", "c_prev", "act_c", "u"], ["dc", "dz"], "dz"),
+    }
+    for act in LSTM_ACTIVATIONS:
+        for rec in LSTM_ACTIVATIONS:
+            for direction, (ins, outs, raw_out) in expected_params.items():
+                in_params, out_params, op, name = module._lstm_kernel(direction, act, rec)
+                assert name == f"nnlite_lstm_{direction}_{act}_{rec}" and name.isidentifier()
+                assert (names(in_params), names(out_params)) == (ins, outs)
+                assert f"raw T {raw_out}" in out_params  # written in place: an output
+                assert "{" not in op and "}" not in op  # every template filled
+                assert op.count("(") == op.count(")") and op.count("[") == op.count("]")
+                assert not re.search(r"\d\.|\.\d", op), "a double literal: (T)1 keeps float32"
+                # Integer literals only as (T)0, (T)1 and gate offsets k·u.
+                rest = re.sub(r"\(T\)[01]|\b[234] \* u\b", "", op)
+                assert not re.search(r"\b\d", rest), rest
+                declared = re.findall(r"const (?:T|ptrdiff_t) (\w+) =", op)
+                assert len(declared) == len(set(declared))
+                known = set(ins + outs + declared) | {"i", "T", "const", "ptrdiff_t", "exp",
+                                                      "tanh", "has_dy"}
+                assert set(re.findall(r"[A-Za-z_]\w*", op)) <= known
+                for param in ins:  # inputs are const in CuPy's generated code
+                    assert not re.search(rf"\b{param}(\[[^\]]*\])? =[^=]", op), param
+                for k in ("", " + u", " + 2 * u", " + 3 * u"):
+                    assert f"{raw_out}[at{k}] = " in op
+                assert "at = row * 4 * u + (i - row * u)" in op and "row = i / u" in op
+                pair = {act, rec}
+                assert ("exp(" in op) == ("sigmoid" in pair and direction == "forward")
+                assert ("tanh(" in op) == ("tanh" in pair and direction == "forward")
+    assert len({args[3] for args in built}) == len(built) == 2 * len(LSTM_ACTIVATIONS) ** 2
+    with pytest.raises(KeyError):
+        module._lstm_kernel("sideways", "tanh", "sigmoid")
 
 
 # -- gather and matmul -------------------------------------------------------------------------

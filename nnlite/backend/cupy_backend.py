@@ -1,9 +1,18 @@
 """The CuPy backend: parameters, optimizer state and the dataset live on a CUDA GPU.
 
 The math is the base class's ``xp`` code running on CuPy arrays (cuBLAS GEMMs, CuPy reductions);
-this class overrides what gains from fusion: bias + activation forward, the activation
-gradient, and the optimizer updates, each one ``ElementwiseKernel`` built on first use and
-memoised. The training set is uploaded once per ``fit`` (:meth:`CupyBackend.to_device`), batches
+this class overrides what gains from fusion, each one ``ElementwiseKernel`` built on first use
+and memoised:
+
+- Dense forward: bias + activation (relu, sigmoid, tanh) after the cuBLAS GEMM; Dense
+  backward: that activation's gradient before the GEMMs;
+- SGD / momentum / Adam / RMSprop (without momentum or centering): one pass over a parameter;
+- one LSTM time step: forward (gates + h·recurrent_kernel, the four gate activations written
+  back into ``gates``, c, φ(c) and h) in one kernel, backward (dh + dy, the four gate gradients
+  and dc_t → dc_{t−1} in place) in another; one thread per cell element (n, j) reads its four
+  gate columns. Activations tanh, sigmoid, relu and linear, float32 and float64.
+
+The training set is uploaded once per ``fit`` (:meth:`CupyBackend.to_device`), batches
 are gathered on the device, and the loss and metrics accumulate on the device, so an epoch
 synchronises with the host only for the progress display.
 
@@ -32,6 +41,27 @@ _BACKWARD = {
     "tanh": "dz = dy * ((T)1 - y * y)",
 }
 
+# The LSTM cell's activations as expressions of a plain variable ``{x}``, and their gradients
+# ``dy · f'`` taken from the output ``{y}`` as the base class takes them (σ' = y(1 − y),
+# tanh' = 1 − y², relu' = [y > 0], linear' = 1). Constants are (T)1 so float32 stays float32.
+_LSTM_ACTIVATION = {
+    "linear": "{x}",
+    "relu": "({x} <= (T)0 ? (T)0 : {x})",  # NaN passes, as np.maximum(x, 0) lets it
+    "sigmoid": "((T)1 / ((T)1 + exp(-{x})))",  # exp overflows to inf for x ≪ 0: exactly 0
+    "tanh": "tanh({x})",
+}
+_LSTM_GRADIENT = {
+    "linear": "{dy}",
+    "relu": "{dy} * ({y} > (T)0 ? (T)1 : (T)0)",
+    "sigmoid": "{dy} * {y} * ((T)1 - {y})",
+    "tanh": "{dy} * ((T)1 - {y} * {y})",
+}
+_LSTM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# One thread per element i of the (N, U) cell: row n = i / U, column j = i − n·U. Gate k
+# (0 i, 1 f, 2 g, 3 o; Keras's order) of that element is gates[n·4U + k·U + j] = gates[at + k·u].
+_LSTM_INDEX = "const ptrdiff_t row = i / u; const ptrdiff_t at = row * 4 * u + (i - row * u);"
+
 
 @functools.lru_cache(maxsize=None)
 def _kernel(name: str):
@@ -58,6 +88,76 @@ def _kernel(name: str):
         return E("T g, T lr, T rho, T c, T eps", "T p, T v",
                  "v = v * rho + c * (g * g); p -= (lr * g) / sqrt(v + eps);", "nnlite_rmsprop")
     raise KeyError(name)
+
+
+def _lstm_fn(name: str, x: str) -> str:
+    """CUDA expression of activation ``name`` at the variable ``x``."""
+    return _LSTM_ACTIVATION[name].format(x=x)
+
+
+def _lstm_grad(name: str, dy: str, y: str) -> str:
+    """CUDA expression of ``dy · f'`` for activation ``name``, from its output variable ``y``."""
+    return "(" + _LSTM_GRADIENT[name].format(dy=f"({dy})", y=y) + ")"
+
+
+@functools.lru_cache(maxsize=None)
+def _lstm_kernel(direction: str, activation: str, recurrent_activation: str):
+    """Build (once) the LSTM cell kernel ``direction`` ("forward" or "backward") for φ, σ.
+
+    ``gates`` (forward) and ``dz`` (backward) are (N, 4U) and ``raw``: indexed by hand, see
+    ``_LSTM_INDEX``; the other arrays are the (N, U) cell elements the kernel runs over.
+    """
+    act, rec = activation, recurrent_activation
+    name = f"nnlite_lstm_{direction}_{act}_{rec}"
+    if direction == "forward":
+        # gates is written in place (the activations replace the pre-activations): an output.
+        body = (
+            _LSTM_INDEX
+            + " const T zi = gates[at] + hz[at];"
+            " const T zf = gates[at + u] + hz[at + u];"
+            " const T zg = gates[at + 2 * u] + hz[at + 2 * u];"
+            " const T zo = gates[at + 3 * u] + hz[at + 3 * u];"
+            f" const T gi = {_lstm_fn(rec, 'zi')};"
+            f" const T gf = {_lstm_fn(rec, 'zf')};"
+            f" const T gg = {_lstm_fn(act, 'zg')};"
+            f" const T go = {_lstm_fn(rec, 'zo')};"
+            " gates[at] = gi; gates[at + u] = gf; gates[at + 2 * u] = gg; gates[at + 3 * u] = go;"
+            " const T cell = gf * c_prev + gi * gg;"
+            f" const T act_cell = {_lstm_fn(act, 'cell')};"
+            " c = cell; act_c = act_cell; h = go * act_cell;"
+        )
+        return cupy.ElementwiseKernel("raw T hz, T c_prev, int64 u",
+                                      "raw T gates, T c, T act_c, T h", body, name)
+    if direction == "backward":
+        # dc is read (∂L/∂c_t) and overwritten (∂L/∂c_{t−1}): an output.
+        body = (
+            _LSTM_INDEX
+            + " const T gi = gates[at];"
+            " const T gf = gates[at + u];"
+            " const T gg = gates[at + 2 * u];"
+            " const T go = gates[at + 3 * u];"
+            " const T d = has_dy ? dh + dy : dh;"
+            f" const T dct = dc + {_lstm_grad(act, 'd * go', 'act_c')};"
+            f" dz[at] = {_lstm_grad(rec, 'dct * gg', 'gi')};"
+            f" dz[at + u] = {_lstm_grad(rec, 'dct * c_prev', 'gf')};"
+            f" dz[at + 2 * u] = {_lstm_grad(act, 'dct * gi', 'gg')};"
+            f" dz[at + 3 * u] = {_lstm_grad(rec, 'd * act_c', 'go')};"
+            " dc = dct * gf;"
+        )
+        return cupy.ElementwiseKernel(
+            "T dh, T dy, bool has_dy, raw T gates, T c_prev, T act_c, int64 u",
+            "T dc, raw T dz", body, name)
+    raise KeyError(direction)
+
+
+def _lstm_fusable(activation, recurrent_activation, arrays) -> bool:
+    """Whether the fused cell kernels run: activations they know, one float dtype, all arrays
+    C-contiguous (the base class's ``xp`` code takes everything else)."""
+    if activation.name not in _LSTM_ACTIVATION or recurrent_activation.name not in _LSTM_ACTIVATION:
+        return False
+    dtype = arrays[0].dtype
+    return dtype in _LSTM_DTYPES and all(a.dtype == dtype and a.flags.c_contiguous
+                                         for a in arrays)
 
 
 class CupyBackend(Backend):
@@ -139,3 +239,49 @@ class CupyBackend(Backend):
             return super().rmsprop_update(param, grad, v, lr, rho, one_minus_rho, epsilon,
                                           momentum, velocity, mean_grad)
         _kernel("rmsprop")(grad, lr, rho, one_minus_rho, epsilon, param, v)
+
+    # -- LSTM ----------------------------------------------------------------------------------
+
+    def lstm_cell_forward(self, gates, hz, c_prev, activation, recurrent_activation, out=None):
+        """One kernel launch: ``gates += hz``, the gate activations into ``gates``, c, φ(c), h.
+
+        Math as :meth:`Backend.lstm_cell_forward`; ``hz`` is only read. ``out`` entries that
+        are None are allocated, as the base class does.
+        """
+        shape = c_prev.shape
+        outs = out if out is not None else (None, None, None)
+        given = tuple(o for o in outs if o is not None)
+        if (len(shape) != 2 or gates.shape != (shape[0], 4 * shape[1]) or hz.shape != gates.shape
+                or any(o.shape != shape for o in given)
+                or not _lstm_fusable(activation, recurrent_activation,
+                                     (gates, hz, c_prev) + given)):
+            return super().lstm_cell_forward(gates, hz, c_prev, activation,
+                                             recurrent_activation, out)
+        c, act_c, h = (o if o is not None else cupy.empty_like(c_prev) for o in outs)
+        _lstm_kernel("forward", activation.name, recurrent_activation.name)(
+            hz, c_prev, shape[1], gates, c, act_c, h)
+        return c, act_c, h
+
+    def lstm_cell_backward(self, dh, dy, dc, gates, c_prev, act_c, activation,
+                           recurrent_activation, out=None):
+        """One kernel launch: dz for the four gates, and ``dc`` from dc_t to dc_{t−1} in place.
+
+        Math as :meth:`Backend.lstm_cell_backward`; ``dh`` and ``dy`` are only read.
+        """
+        if dy is not None:
+            dy = cupy.asarray(dy, dtype=dh.dtype)
+        shape = dc.shape
+        cells = (dh, dc, c_prev, act_c) + (() if dy is None else (dy,))
+        given = () if out is None else (out,)
+        if (len(shape) != 2 or gates.shape != (shape[0], 4 * shape[1])
+                or any(a.shape != shape for a in cells)
+                or any(o.shape != gates.shape for o in given)
+                or not _lstm_fusable(activation, recurrent_activation,
+                                     cells + (gates,) + given)):
+            return super().lstm_cell_backward(dh, dy, dc, gates, c_prev, act_c, activation,
+                                              recurrent_activation, out)
+        dz = out if out is not None else cupy.empty_like(gates)
+        # Without dy the kernel reads dh in its place and adds nothing (has_dy is false).
+        _lstm_kernel("backward", activation.name, recurrent_activation.name)(
+            dh, dh if dy is None else dy, dy is not None, gates, c_prev, act_c, shape[1], dc, dz)
+        return dz
