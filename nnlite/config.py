@@ -101,12 +101,38 @@ def apply_numba_threads() -> None:
 SMALL_STEP_FLOPS = 100e6
 
 
+_ONE_THREAD_DEPTH = 0  # how many auto_threads one-thread limits are active
+
+
 def auto_threads(step_flops: float):
     """Context manager ``fit`` enters: one BLAS thread for small steps when threads are unset."""
     import contextlib
 
     if _THREADS is not None or step_flops >= SMALL_STEP_FLOPS:
         return contextlib.nullcontext()
+    return _one_blas_thread()
+
+
+def _one_blas_thread():
+    import contextlib
+
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="blas")
+    @contextlib.contextmanager
+    def limit():
+        global _ONE_THREAD_DEPTH
+        with threadpool_limits(limits=1, user_api="blas"):
+            _ONE_THREAD_DEPTH += 1
+            try:
+                yield
+            finally:
+                _ONE_THREAD_DEPTH -= 1
+
+    return limit()
+
+
+def blas_single_threaded() -> bool:
+    """Whether BLAS runs on one thread by nnlite's settings: ``set_threads(1)`` or inside the
+    one-thread policy of ``fit``/``evaluate``/``predict``. Kernels that run several BLAS calls
+    at once on their own threads (the Numba LSTM's row blocks) do so only then."""
+    return _THREADS == 1 or _ONE_THREAD_DEPTH > 0

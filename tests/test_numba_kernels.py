@@ -557,3 +557,157 @@ def test_lstm_cell_backward(dtype, act, rec, has_dy):
     for returned, _ in results.values():
         assert returned is None
     check_variants(results, [dc_ref, dz_ref], dtype, f"lstm backward {act}/{rec}")
+
+
+# ----------------------------------------------------------------------------------------------
+# LSTM: the walks through time (compiled loops with np.dot), whole batch and row blocks
+# ----------------------------------------------------------------------------------------------
+
+needs_lstm_sequence = pytest.mark.skipif(
+    not (hasattr(K, "lstm_forward_sequence") and hasattr(REF, "lstm_forward_sequence")),
+    reason="no compiled LSTM time loops in this nnlite",
+)
+
+
+def _lstm_sequence_inputs(dtype, t=5, n=9, u=7, seed=21):
+    r = rng(seed)
+    gates = r.standard_normal((t, n, 4 * u)).astype(dtype)
+    recurrent = (0.5 * r.standard_normal((u, 4 * u))).astype(dtype)
+    state = np.full((t + 1, n, u), np.nan, dtype)
+    state[0] = r.standard_normal((n, u))  # h_0, c_0 need not be zero for the kernels
+    return gates, recurrent, state
+
+
+def _row_blocks(n):
+    """The whole batch, and two uneven blocks (as two threads would split it)."""
+    return [[(0, n)], [(0, 4), (4, n)]]
+
+
+@needs_lstm_sequence
+@pytest.mark.parametrize("act,rec", LSTM_CODES, ids=LSTM_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_forward_sequence(dtype, act, rec):
+    gates0, recurrent, state = _lstm_sequence_inputs(dtype)
+    t, n, u4 = gates0.shape
+    u = u4 // 4
+    act_fn, rec_fn = activations.get(act), activations.get(rec)
+    g_ref, c_ref, h_ref = gates0.copy(), state.copy(), state.copy()
+    h_ref[0] = c_ref[0][::-1]
+    a_ref = np.full((t, n, u), np.nan, dtype)
+    REF.lstm_forward_sequence(g_ref, recurrent, c_ref, h_ref, a_ref, np.empty((n, u4), dtype),
+                              act_fn, rec_fn)
+    assert np.all(np.isfinite(h_ref))
+    for variant in ("py_func", "compiled"):
+        kernel = K.lstm_forward_sequence
+        kernel = kernel.py_func if variant == "py_func" else kernel
+        for blocks in _row_blocks(n):
+            g, c, h = gates0.copy(), state.copy(), state.copy()
+            h[0] = c[0][::-1]
+            a, hz = np.full((t, n, u), np.nan, dtype), np.full((n, u4), np.nan, dtype)
+            rec_before = recurrent.copy()
+            for r0, r1 in blocks:
+                assert kernel(g, recurrent, c, h, a, hz, K.CODES[act], K.CODES[rec], r0, r1) \
+                    is None
+            np.testing.assert_array_equal(recurrent, rec_before)
+            what = f"lstm forward sequence {act}/{rec} {variant} blocks {blocks}"
+            for got, want in zip((g, c, h, a), (g_ref, c_ref, h_ref, a_ref)):
+                assert got.dtype == np.dtype(dtype), what
+                assert_close(got, want, dtype, what)
+
+
+@needs_lstm_sequence
+@pytest.mark.parametrize("sequences", [True, False], ids=["sequences", "last"])
+@pytest.mark.parametrize("act,rec", LSTM_CODES, ids=LSTM_IDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_backward_sequence(dtype, act, rec, sequences):
+    gates, recurrent, state = _lstm_sequence_inputs(dtype)
+    t, n, u4 = gates.shape
+    u = u4 // 4
+    act_fn, rec_fn = activations.get(act), activations.get(rec)
+    c, h = state.copy(), state.copy()
+    h[0] = 0.5 * c[0]
+    act_c = np.empty((t, n, u), dtype)
+    REF.lstm_forward_sequence(gates, recurrent, c, h, act_c, np.empty((n, u4), dtype), act_fn,
+                              rec_fn)  # gates -> [i f g o]
+    dy = rng(22).standard_normal((t if sequences else 1, n, u)).astype(dtype)
+    nan = np.full((n, u), np.nan, dtype)
+    dz_ref = np.full_like(gates, np.nan)
+    dc_ref = nan.copy()
+    REF.lstm_backward_sequence(dy, gates, recurrent, c, act_c, nan.copy(), dc_ref, dz_ref,
+                               act_fn, rec_fn)
+    assert np.all(np.isfinite(dz_ref))
+    inputs = (dy, gates, recurrent, c, act_c)
+    before = [a.copy() for a in inputs]
+    for variant in ("py_func", "compiled"):
+        kernel = K.lstm_backward_sequence
+        kernel = kernel.py_func if variant == "py_func" else kernel
+        for blocks in _row_blocks(n):
+            dz, dc = np.full_like(gates, np.nan), nan.copy()
+            for r0, r1 in blocks:
+                assert kernel(dy, gates, recurrent, c, act_c, nan.copy(), dc, dz, K.CODES[act],
+                              K.CODES[rec], r0, r1) is None
+            what = f"lstm backward sequence {act}/{rec} {variant} blocks {blocks}"
+            assert dz.dtype == np.dtype(dtype), what
+            assert_close(dz, dz_ref, dtype, what)
+            assert_close(dc, dc_ref, dtype, what + " dc_0")  # dc ends as ∂L/∂c_0
+    for array, copy in zip(inputs, before):
+        np.testing.assert_array_equal(array, copy)
+
+
+@needs_lstm_sequence
+@pytest.mark.parametrize("min_rows", [1, 10 ** 9], ids=["row-blocks", "one-block"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
+    # The backend walks row blocks (and the recurrent gradient's column blocks) on several
+    # threads when Numba has more than one; the result must not depend on the split.
+    from nnlite import config
+    from nnlite.backend import numba_backend
+
+    monkeypatch.setattr(numba_backend, "LSTM_MIN_ROWS", min_rows)
+    monkeypatch.setattr(numba_backend, "LSTM_MIN_COLUMNS", min_rows)
+    # Blocks run only while BLAS is on one thread (as inside fit for small steps).
+    monkeypatch.setattr(config, "blas_single_threaded", lambda: True)
+    backend = numba_backend.NumbaBackend()
+    pools = []
+    original_pool = backend._lstm_pool
+    monkeypatch.setattr(backend, "_lstm_pool", lambda k: pools.append(k) or original_pool(k))
+    gates0, recurrent, state = _lstm_sequence_inputs(dtype, n=11)
+    t, n, u4 = gates0.shape
+    u = u4 // 4
+    tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
+    results = []
+    for impl in (REF, backend):
+        g, c, h = gates0.copy(), state.copy(), state.copy()
+        a = np.empty((t, n, u), dtype)
+        impl.lstm_forward_sequence(g, recurrent, c, h, a, np.empty((n, u4), dtype), tanh,
+                                   sigmoid)
+        dz, dc = np.empty_like(g), np.empty((n, u), dtype)
+        dy = rng(3).standard_normal((n, u)).astype(dtype)[None]
+        impl.lstm_backward_sequence(dy, g, recurrent, c, a, np.empty((n, u), dtype), dc, dz,
+                                    tanh, sigmoid)
+        drec = impl.lstm_recurrent_gradient(h[:t].reshape(t * n, u), dz.reshape(t * n, u4))
+        drec_out = np.full((u, u4), np.nan, dtype)
+        impl.lstm_recurrent_gradient(h[:t].reshape(t * n, u), dz.reshape(t * n, u4), drec_out)
+        results.append((g, c, h, a, dz, dc, drec, drec_out))
+    for k, (got, want) in enumerate(zip(results[1], results[0])):
+        assert_close(got, want, dtype, f"output {k}")
+    import numba
+
+    assert bool(pools) == (min_rows == 1 and numba.get_num_threads() > 1)
+
+
+@needs_lstm_sequence
+def test_numba_lstm_row_blocks_wait_for_single_threaded_blas(monkeypatch):
+    """With BLAS on several threads each GEMM is already split: no row blocks on top."""
+    from nnlite import config
+    from nnlite.backend import numba_backend
+
+    monkeypatch.setattr(numba_backend, "LSTM_MIN_ROWS", 1)
+    backend = numba_backend.NumbaBackend()
+    monkeypatch.setattr(backend, "_lstm_pool", lambda k: pytest.fail("row blocks were used"))
+    monkeypatch.setattr(config, "blas_single_threaded", lambda: False)
+    gates, recurrent, state = _lstm_sequence_inputs("float64", n=11)
+    t, n, u4 = gates.shape
+    tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
+    backend.lstm_forward_sequence(gates, recurrent, state.copy(), state.copy(),
+                                  np.empty((t, n, u4 // 4)), np.empty((n, u4)), tanh, sigmoid)

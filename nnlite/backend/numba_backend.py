@@ -18,12 +18,21 @@ compiles everything up front and reports the time.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 
+from nnlite import config
 from nnlite.backend import numba_kernels as K
 from nnlite.backend.numpy_backend import Backend
+
+# Fewest batch rows per thread in the LSTM's time loops (see NumbaBackend._by_row_blocks).
+LSTM_MIN_ROWS = 32
+# Fewest columns per thread in the LSTM's weight-gradient GEMM.
+LSTM_MIN_COLUMNS = 64
 
 _TINY = {np.dtype(t): np.dtype(t).type(np.finfo(t).tiny) for t in (np.float32, np.float64)}
 
@@ -62,8 +71,6 @@ class NumbaBackend(Backend):
         # set_threads applies to the libraries loaded when it is called (re-applied here), and
         # fit's one-thread policy to those loaded when fit starts.
         import scipy.linalg.cython_blas  # noqa: F401
-
-        from nnlite import config
 
         config.set_threads(config.threads())
 
@@ -216,6 +223,12 @@ class NumbaBackend(Backend):
             gates, hz, c_prev = np.zeros((2, 8), dt), np.zeros((2, 8), dt), np.zeros((2, 2), dt)
             c, act_c, h = self.lstm_cell_forward(gates, hz, c_prev, tanh, sigmoid)
             self.lstm_cell_backward(h, h, np.zeros_like(c), gates, c_prev, act_c, tanh, sigmoid)
+            # The compiled time loops (two steps of the same cell).
+            gates, c, h = np.zeros((2, 2, 8), dt), np.zeros((3, 2, 2), dt), np.zeros((3, 2, 2), dt)
+            act_c, recurrent = np.zeros((2, 2, 2), dt), np.zeros((2, 8), dt)
+            self.lstm_forward_sequence(gates, recurrent, c, h, act_c, hz, tanh, sigmoid)
+            self.lstm_backward_sequence(h[1:], gates, recurrent, c, act_c, c_prev,
+                                        np.zeros_like(c_prev), np.zeros_like(gates), tanh, sigmoid)
 
     # -- LSTM ----------------------------------------------------------------------------------
 
@@ -249,3 +262,81 @@ class NumbaBackend(Backend):
         K.lstm_cell_backward(gates.size, dh, dh if dy is None else dy, dy is not None, dc, gates,
                              c_prev, act_c, *codes, dz)
         return dz
+
+    def _lstm_sequence_codes(self, activation, recurrent_activation, gates, *arrays):
+        """Codes for the compiled time loops, or None where the per-step loop should run:
+        the blocked GEMM, a batch large enough for the parallel cell kernel, a dtype BLAS
+        lacks, or mixed dtypes."""
+        if (self.gemm != "blas" or gates[0].size >= K.PARALLEL_THRESHOLD
+                or gates.dtype not in _TINY or any(a.dtype != gates.dtype for a in arrays)):
+            return None
+        return self._lstm_codes(activation, recurrent_activation, gates, *arrays)
+
+    def _by_row_blocks(self, kernel, n, *args, min_rows=None):
+        """``kernel(*args, r0, r1)`` over blocks of the n rows, one block per Numba thread.
+
+        The LSTM's rows never mix in the recurrence, so each thread walks all T steps for its
+        rows (its own small GEMMs on one BLAS thread, its own cells) and the threads meet once
+        per walk. Blocks keep at least ``min_rows`` (default LSTM_MIN_ROWS) rows: a thinner
+        GEMM wastes more than the second core gives.
+        """
+        min_rows = LSTM_MIN_ROWS if min_rows is None else min_rows
+        # Each block calls BLAS: only while BLAS is on one thread, or the cores are oversold.
+        threads = numba.get_num_threads() if config.blas_single_threaded() else 1
+        blocks = max(1, min(threads, n // min_rows))
+        if blocks == 1:
+            kernel(*args, 0, n)
+            return
+        bounds = [n * k // blocks for k in range(blocks + 1)]
+        pool = self._lstm_pool(blocks - 1)
+        futures = [pool.submit(kernel, *args, bounds[k], bounds[k + 1])
+                   for k in range(1, blocks)]
+        try:
+            kernel(*args, bounds[0], bounds[1])
+        finally:
+            for future in futures:
+                future.result()
+
+    def _lstm_pool(self, workers):
+        """Threads for :meth:`_by_row_blocks`, made on first use (again in a forked child)."""
+        key = (os.getpid(), workers)
+        if getattr(self, "_pool_key", None) != key:
+            self._pool = ThreadPoolExecutor(max_workers=workers,
+                                            thread_name_prefix="nnlite-lstm")
+            self._pool_key = key
+        return self._pool
+
+    def lstm_forward_sequence(self, gates, recurrent_kernel, c, h, act_c, hz, activation,
+                              recurrent_activation):
+        codes = self._lstm_sequence_codes(activation, recurrent_activation, gates,
+                                          recurrent_kernel, c, h, act_c, hz)
+        if codes is None:
+            return super().lstm_forward_sequence(gates, recurrent_kernel, c, h, act_c, hz,
+                                                 activation, recurrent_activation)
+        self._by_row_blocks(K.lstm_forward_sequence, gates.shape[1], gates, recurrent_kernel,
+                            c, h, act_c, hz, *codes)
+
+    def lstm_backward_sequence(self, dy, gates, recurrent_kernel, c, act_c, dh, dc, dz,
+                               activation, recurrent_activation):
+        dy = np.ascontiguousarray(dy, dtype=gates.dtype)
+        codes = self._lstm_sequence_codes(activation, recurrent_activation, gates, dy,
+                                          recurrent_kernel, c, act_c, dh, dc, dz)
+        if codes is None:
+            return super().lstm_backward_sequence(dy, gates, recurrent_kernel, c, act_c, dh, dc,
+                                                  dz, activation, recurrent_activation)
+        self._by_row_blocks(K.lstm_backward_sequence, gates.shape[1], dy, gates,
+                            recurrent_kernel, c, act_c, dh, dc, dz, *codes)
+
+    def lstm_recurrent_gradient(self, h, dz, out=None):
+        # Column blocks of the one big GEMM on the LSTM's threads (NumPy's matmul releases the
+        # GIL): each block is the same dot products, so the result is unchanged.
+        if out is None:
+            out = np.empty((h.shape[1], dz.shape[1]), dtype=dz.dtype)
+        self._by_row_blocks(_matmul_columns, dz.shape[1], h.T, dz, out,
+                            min_rows=LSTM_MIN_COLUMNS)
+        return out
+
+
+def _matmul_columns(a, b, out, j0, j1):
+    """``out[:, j0:j1] = a · b[:, j0:j1]`` (BLAS reads and writes the strided blocks)."""
+    np.matmul(a, b[:, j0:j1], out=out[:, j0:j1])

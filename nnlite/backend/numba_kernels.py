@@ -689,3 +689,73 @@ def lstm_cell_backward(dh, dy, has_dy, dc, gates, c_prev, act_c, act_code, rec_c
         _lstm_grad_row(z[:2 * u], g[:2 * u], rec_code)
         _lstm_grad_row(z[2 * u:3 * u], g[2 * u:3 * u], act_code)
         _lstm_grad_row(z[3 * u:], g[3 * u:], rec_code)
+
+
+# ----------------------------------------------------------------------------------------------
+# LSTM: the walk through time in one compiled function (np.dot calls BLAS directly)
+#
+# Per step the layer does one small GEMM (N x U x 4U) and one cell kernel; from Python each step
+# also paid for two dispatches and argument checks. Here the loop, the GEMMs (Numba's np.dot:
+# SciPy's BLAS) and the serial cell kernels run without leaving compiled code, over the batch
+# rows r0:r1. The rows of a batch never mix in the recurrence, so the backend can walk disjoint
+# row blocks on several threads at once (``nogil``): one synchronisation per walk, where a
+# threaded BLAS would synchronise at every step's small GEMM.
+# ----------------------------------------------------------------------------------------------
+
+
+def lstm_forward_sequence(gates, recurrent, c, h, act_c, hz, act_code, rec_code, r0, r1):
+    """Forward through all T steps for batch rows r0:r1: ``hz = h_{t−1} · recurrent``, then
+    the cell.
+
+    Shapes:
+        gates: (T, N, 4U) in: x_t·kernel + bias; out: [i f g o] of every step
+        recurrent: (U, 4U)   hz: (N, 4U) scratch
+        c, h: (T+1, N, U), c[0] and h[0] read, 1..T written   act_c: (T, N, U) written
+    Math, for s = 0..T−1 (each array restricted to rows r0:r1):
+        hz = h[s] · recurrent
+        i, f, g, o from gates[s] + hz     c[s+1] = f·c[s] + i·g
+        act_c[s] = φ(c[s+1])              h[s+1] = o·act_c[s]     (see lstm_cell_forward)
+    All arrays C-contiguous and of one dtype; only rows r0:r1 are read or written.
+    """
+    for s in range(gates.shape[0]):
+        np.dot(h[s, r0:r1], recurrent, hz[r0:r1])
+        lstm_cell_forward_serial(gates[s, r0:r1], hz[r0:r1], c[s, r0:r1], act_code, rec_code,
+                                 c[s + 1, r0:r1], act_c[s, r0:r1], h[s + 1, r0:r1])
+
+
+def lstm_backward_sequence(dy, gates, recurrent, c, act_c, dh, dc, dz, act_code, rec_code,
+                           r0, r1):
+    """Backward through all T steps for batch rows r0:r1: the cell backward, then
+    ``dh = dz_t · recurrentᵀ``.
+
+    Shapes:
+        dy: (T_y, N, U), ∂L/∂h of the last T_y steps (T_y = T or 1)
+        gates: (T, N, 4U) activations   c: (T+1, N, U)   act_c: (T, N, U)
+        recurrent: (U, 4U)   dh, dc: (N, U) scratch, zeroed first   dz: (T, N, 4U) written
+    Math, for s = T−1..0 (step t = s+1; each array restricted to rows r0:r1):
+        dz[s] = lstm_cell_backward(dh + dy_t, dc, gates[s], c[s], act_c[s])
+                (dc becomes dc_{t−1} = dc_t·f in place)
+        dh = dz[s] · recurrentᵀ          (skipped at s = 0: h_0 is a constant)
+    """
+    t = gates.shape[0]
+    first_dy = t - dy.shape[0]
+    recurrent_t = recurrent.T
+    zero = dh.dtype.type(0)
+    dh[r0:r1] = zero
+    dc[r0:r1] = zero
+    for s in range(t - 1, -1, -1):
+        has_dy = s >= first_dy
+        lstm_cell_backward_serial(dh[r0:r1], dy[max(s - first_dy, 0), r0:r1], has_dy, dc[r0:r1],
+                                  gates[s, r0:r1], c[s, r0:r1], act_c[s, r0:r1], act_code,
+                                  rec_code, dz[s, r0:r1])
+        if s > 0:
+            np.dot(dz[s, r0:r1], recurrent_t, dh[r0:r1])
+
+
+lstm_cell_forward_serial = lstm_cell_forward.serial
+lstm_cell_backward_serial = lstm_cell_backward.serial
+# nogil: the backend runs row blocks on several Python threads at once.
+lstm_forward_sequence = numba.njit(cache=True, nogil=True,
+                                   error_model="numpy")(lstm_forward_sequence)
+lstm_backward_sequence = numba.njit(cache=True, nogil=True,
+                                    error_model="numpy")(lstm_backward_sequence)

@@ -193,7 +193,7 @@ class Backend:
             velocity += step
             param -= velocity
 
-    # -- LSTM (one time step; the layer loops over time) ---------------------------------------
+    # -- LSTM (one time step, and the walk over the sequence) ----------------------------------
 
     def lstm_cell_forward(self, gates, hz, c_prev, activation, recurrent_activation, out=None):
         """One LSTM step with fused gates (Keras's gate order i, f, c, o).
@@ -265,3 +265,64 @@ class Backend:
         dz[:, 3 * u:] = recurrent_activation.backward(dh * act_c, o, o)
         dc *= f
         return dz
+
+    def lstm_forward_sequence(self, gates, recurrent_kernel, c, h, act_c, hz, activation,
+                              recurrent_activation):
+        """The LSTM's walk forward through time: per step one GEMM and one cell.
+
+        Shapes:
+            gates: (T, N, 4U), on entry ``x_t · kernel + bias`` of every step, on return the
+                   gate activations ``[i f g o]`` of every step
+            recurrent_kernel: (U, 4U)
+            c, h: (T+1, N, U) with ``c[0]``, ``h[0]`` the initial states; steps 1..T written
+            act_c: (T, N, U) = φ(c_1..c_T), written      hz: (N, 4U) scratch
+
+        Math, for s = 0..T−1 (step t = s+1):
+            hz = h_{t−1} · recurrent_kernel
+            (c_t, φ(c_t), h_t) = lstm_cell_forward(gates_t, hz, c_{t−1})
+        """
+        for s in range(gates.shape[0]):
+            self.matmul(h[s], recurrent_kernel, out=hz)
+            self.lstm_cell_forward(gates[s], hz, c[s], activation, recurrent_activation,
+                                   out=(c[s + 1], act_c[s], h[s + 1]))
+
+    def lstm_backward_sequence(self, dy, gates, recurrent_kernel, c, act_c, dh, dc, dz,
+                               activation, recurrent_activation):
+        """The LSTM's walk backward through time: per step one cell backward and one GEMM.
+
+        Shapes:
+            dy: (T_y, N, U), ∂L/∂h of the last T_y steps (T_y = T with return_sequences, 1
+                without: only h_T is an output)
+            gates: (T, N, 4U) activations      c: (T+1, N, U)      act_c: (T, N, U)
+            recurrent_kernel: (U, 4U)
+            dh, dc: (N, U) scratch (set to zero first: nothing flows back from after step T)
+            dz: (T, N, 4U), written: ∂L/∂z_t of every step
+
+        Math, for t = T..1:
+            dz_t = lstm_cell_backward(dh_t^rec, dy_t, dc_t^rec, gates_t, c_{t−1}, φ(c_t))
+                   (which also turns dc into dc_{t−1}^rec = dc_t ⊙ f)
+            dh_{t−1}^rec = dz_t · recurrent_kernelᵀ   (not for t = 1: h_0 is a constant)
+        """
+        t = gates.shape[0]
+        first_dy = t - dy.shape[0]  # the first step with an output gradient
+        recurrent_t = recurrent_kernel.T
+        dh[...] = 0
+        dc[...] = 0
+        for s in reversed(range(t)):
+            dy_s = dy[s - first_dy] if s >= first_dy else None
+            self.lstm_cell_backward(dh, dy_s, dc, gates[s], c[s], act_c[s], activation,
+                                    recurrent_activation, out=dz[s])
+            if s > 0:
+                self.matmul(dz[s], recurrent_t, out=dh)
+
+    def lstm_recurrent_gradient(self, h, dz, out=None):
+        """The recurrent kernel's gradient, one GEMM over all steps.
+
+        Shapes:
+            h: (T·N, U), the rows of h_0..h_{T−1}     dz: (T·N, 4U), of steps 1..T
+            out: optional (U, 4U)
+
+        Math:
+            drecurrent_kernel = Σ_t h_{t−1}ᵀ · dz_t = hᵀ · dz
+        """
+        return self.matmul(h.T, dz, out=out)

@@ -1,9 +1,11 @@
 """LSTM: a long short-term memory layer with backpropagation through time written by hand.
 
-The layer runs the input projection for all time steps as one GEMM, then walks the sequence:
-per step one GEMM with the recurrent kernel (the backend's ``matmul``) and one fused cell kernel
-(``lstm_cell_forward``); backward walks it in reverse with ``lstm_cell_backward`` and one GEMM per
-step, and forms the weight gradients with one GEMM each over all steps.
+The layer runs the input projection for all time steps as one GEMM, then walks the sequence
+(the backend's ``lstm_forward_sequence``): per step one GEMM with the recurrent kernel and one
+fused cell kernel (``lstm_cell_forward``); backward (``lstm_backward_sequence``) walks it in
+reverse with ``lstm_cell_backward`` and one GEMM per step, and forms the weight gradients with one
+GEMM each over all steps. The NumPy backend loops in Python; the Numba backend runs each walk as
+one compiled function.
 
 It also estimates the memory training needs (:func:`memory_estimate`) and refuses, before
 allocating, a configuration that cannot fit (:class:`InsufficientMemoryError`).
@@ -202,10 +204,10 @@ class LSTM(Layer):
         flat = gates.reshape(t * n, 4 * u)
         backend.dense_forward(x_tm.reshape(t * n, d), kernel, self.params.get("bias"),
                               activations.get("linear"), out=(flat, flat))
-        for s in range(t):
-            backend.matmul(h[s], recurrent, out=hz)
-            backend.lstm_cell_forward(gates[s], hz, c[s], self.activation,
-                                      self.recurrent_activation, out=(c[s + 1], act_c[s], h[s + 1]))
+        # Then per step t = 1..T: hz = h_{t−1}·recurrent_kernel and the fused cell, which turns
+        # gates[t−1] (x_t·kernel + bias) into [i f g o] and writes c_t, φ(c_t), h_t.
+        backend.lstm_forward_sequence(gates, recurrent, c, h, act_c, hz, self.activation,
+                                      self.recurrent_activation)
         self._cache = (x_tm, gates, c, h, act_c)
         if not self.return_sequences:
             return h[t]
@@ -219,24 +221,18 @@ class LSTM(Layer):
         u = self.units
         backend = get_backend()
         dtype = gates.dtype
-        recurrent_t = self.params["recurrent_kernel"].T
         dz = self._array("dz", (t, n, 4 * u), dtype)
         dh = self._array("dh", (n, u), dtype)
         dc = self._array("dc", (n, u), dtype)
-        dh[...] = 0
-        dc[...] = 0
         if self.return_sequences:
             dy_tm = self._array("dy_tm", (t, n, u), dtype)
             dy_tm[...] = dy.transpose(1, 0, 2)
-        for s in reversed(range(t)):
-            if self.return_sequences:
-                dy_s = dy_tm[s]
-            else:
-                dy_s = dy if s == t - 1 else None
-            backend.lstm_cell_backward(dh, dy_s, dc, gates[s], c[s], act_c[s], self.activation,
-                                       self.recurrent_activation, out=dz[s])
-            if s > 0:  # h_0 is a constant: no gradient to carry past the first step
-                backend.matmul(dz[s], recurrent_t, out=dh)
+        else:
+            dy_tm = dy[None]  # only h_T is an output: ∂L/∂h of the last step alone
+        # Per step t = T..1: dz_t from the cell backward (dc_t^rec → dc_{t−1}^rec in place), then
+        # dh_{t−1}^rec = dz_t·recurrent_kernelᵀ (not past t = 1: h_0 is a constant).
+        backend.lstm_backward_sequence(dy_tm, gates, self.params["recurrent_kernel"], c, act_c,
+                                       dh, dc, dz, self.activation, self.recurrent_activation)
         dz2 = dz.reshape(t * n, 4 * u)
         dx_tm = self._array("dx_tm", (t * n, d), dtype) if self.input_grad else None
         dbias = (self._grad_buffer("bias") if self.use_bias
@@ -249,8 +245,8 @@ class LSTM(Layer):
         )
         self.grads["kernel"] = dkernel
         # drecurrent_kernel = Σ_t h_{t−1}ᵀ·dz_t: one GEMM over the T·N rows of h_0..h_{T−1}.
-        self.grads["recurrent_kernel"] = backend.matmul(
-            h[:t].reshape(t * n, u).T, dz2, out=self._grad_buffer("recurrent_kernel"))
+        self.grads["recurrent_kernel"] = backend.lstm_recurrent_gradient(
+            h[:t].reshape(t * n, u), dz2, out=self._grad_buffer("recurrent_kernel"))
         if self.use_bias:
             self.grads["bias"] = dbias
         if dx2 is None:
