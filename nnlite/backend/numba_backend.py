@@ -218,6 +218,12 @@ class NumbaBackend(Backend):
             self.rmsprop_update(p, g, s1, one, one, one, one, one, s2, np.zeros(4, dt))
             for data in (np.zeros((3, 4), np.uint8), np.zeros((3, 4), dt)):
                 self.gather(data, np.arange(2), dt)
+            # The compiled Dense-stack step: one layer 3 -> 4 (softmax), labels and one-hot.
+            layout = np.array([[3, 4, 0, 12, 0, 8, 16, -1]], np.int64)
+            params, work = np.zeros(16, dt), np.zeros(24, dt)
+            for target in (np.zeros(2, np.int64), np.ones((2, 4), dt)):
+                K.dense_stack_step(x[:, :3], target, params, np.zeros(16, dt), work, layout,
+                                   np.array([K.SOFTMAX], np.int64))
             # The LSTM cell with Keras's default activations (tanh, sigmoid).
             tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
             gates, hz, c_prev = np.zeros((2, 8), dt), np.zeros((2, 8), dt), np.zeros((2, 2), dt)

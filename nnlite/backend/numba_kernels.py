@@ -154,16 +154,20 @@ def activation_backward_bias(dy, z, y, code, dz, dbias, has_bias):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _row_shift_and_log_sum(row):
-    """``(max, log Σ exp(row − max))`` of one row of logits: logsumexp = max + log Σ."""
+def _row_exp(row, out):
+    """``out = exp(row − max(row))``, one exp per element; returns ``(max, Σ out)`` (the sum in
+    float64). Then logsumexp(row) = max + log Σ and softmax(row) = out / Σ."""
     top = row[0]
     for j in range(1, row.size):
         if row[j] > top:
             top = row[j]
     s = 0.0
     for j in range(row.size):
-        s += math.exp(row[j] - top)
-    return top, math.log(s)
+        # Shift by the row maximum so exp cannot overflow.
+        e = math.exp(row[j] - top)
+        out[j] = e
+        s += e
+    return top, s
 
 
 @bind()
@@ -172,21 +176,22 @@ def softmax_xent_sparse(logits, labels, dlogits):
 
     Shapes:
         logits, dlogits: (N, C)   labels: (N,) integers   ->  loss (float64 scalar)
-    Math:
-        lse_n = max_n + log Σ_c exp(z[n, c] − max_n)     loss = (1/N) Σ_n (lse_n − z[n, y_n])
-        dlogits[n, c] = (exp(z[n, c] − lse_n) − [c = y_n]) / N
+    Math (e = exp(z − max_n), s_n = Σ_c e[n, c]; one exp per element):
+        loss = (1/N) Σ_n (log s_n − (z[n, y_n] − max_n))
+        dlogits[n, c] = (e[n, c] / s_n − [c = y_n]) / N
     """
     n, c = logits.shape
     total = 0.0
     for i in prange(n):
-        top, log_s = _row_shift_and_log_sum(logits[i])
+        out = dlogits[i]
+        top, s = _row_exp(logits[i], out)
         label = labels[i]
-        total += log_s - (logits[i, label] - top)
+        total += math.log(s) - (logits[i, label] - top)
+        e_label = out[label]
         for j in range(c):
-            p = math.exp(logits[i, j] - top - log_s)
-            if j == label:
-                p -= 1
-            dlogits[i, j] = p / n
+            out[j] = out[j] / s / n
+        # p − 1 before dividing by N: when p ≈ 1, p/N − 1/N would cancel catastrophically.
+        out[label] = (e_label / s - 1) / n
     return total / n
 
 
@@ -195,17 +200,19 @@ def softmax_xent_dense(logits, target, dlogits):
     """As :func:`softmax_xent_sparse` with one-hot (or soft) targets ``t`` of shape (N, C).
 
     Math:
-        loss = (1/N) Σ_n Σ_c t[n, c] (lse_n − z[n, c])     dlogits = (softmax(z) − t) / N
+        loss = (1/N) Σ_n Σ_c t[n, c] (log s_n − (z[n, c] − max_n))
+        dlogits = (e / s − t) / N
     """
     n, c = logits.shape
     total = 0.0
     for i in prange(n):
-        top, log_s = _row_shift_and_log_sum(logits[i])
+        out = dlogits[i]
+        top, s = _row_exp(logits[i], out)
+        log_s = math.log(s)
         row = 0.0
         for j in range(c):
-            shifted = logits[i, j] - top - log_s
-            row -= target[i, j] * shifted
-            dlogits[i, j] = (math.exp(shifted) - target[i, j]) / n
+            row -= target[i, j] * (logits[i, j] - top - log_s)
+            out[j] = (out[j] / s - target[i, j]) / n
         total += row
     return total / n
 
