@@ -187,3 +187,17 @@ def test_stack_follows_a_change_of_loss():
     model.compile(optimizer="sgd", loss="mean_squared_error")
     model.fit(x, np.zeros((4, 5), np.float32), verbose=0)
     assert model._stack is None
+
+
+def test_plans_are_kept_for_a_few_batch_sizes():
+    from nnlite.models import dense_stack
+
+    model = _compiled(_model())
+    rng = np.random.default_rng(0)
+    model._use_stack = True
+    for n in range(1, 12):
+        model.train_on_batch(rng.normal(size=(n, 12)).astype(np.float32),
+                             rng.integers(0, 5, n))
+    assert model._stack is not None
+    assert len(model._stack._plans) == dense_stack.MAX_PLANS
+    assert sorted(model._stack._plans) == list(range(12 - dense_stack.MAX_PLANS, 12))

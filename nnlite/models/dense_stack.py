@@ -23,6 +23,9 @@ from nnlite.backend import get_backend
 from nnlite.layers.core import Dense, InputLayer
 from nnlite.layers.reshaping import Flatten
 
+#: Batch sizes whose buffers a stack keeps (a fit needs two: the batch and the last one).
+MAX_PLANS = 4
+
 #: Activations the compiled step knows (the Numba kernels' codes, in that order).
 ACTIVATION_CODES = {"linear": 0, "relu": 1, "sigmoid": 2, "tanh": 3, "softmax": 4}
 
@@ -89,7 +92,8 @@ class DenseStack:
         Eligible: leading ``Input``/``Flatten`` layers, then only trainable Dense layers whose
         activations are linear, relu, sigmoid, tanh or softmax, all parameters in one packed
         vector, and a cross-entropy that is either fused with a final softmax or reads the
-        logits of a final linear layer (``from_logits=True``).
+        logits of a final linear layer (``from_logits=True``). NumPy arrays only: on the GPU
+        the layers run one by one.
         """
         layers = list(model.layers)
         while layers and isinstance(layers[0], (InputLayer, Flatten)):
@@ -126,8 +130,10 @@ class DenseStack:
                     row.append(-1)
                     continue
                 start = (param.ctypes.data - self.params.ctypes.data) // param.itemsize
+                grad = layer.grads.get(key)
                 if (not param.flags.c_contiguous or param.dtype != self.params.dtype
-                        or not 0 <= start <= self.params.size - param.size):
+                        or not 0 <= start <= self.params.size - param.size or grad is None
+                        or grad.ctypes.data != self.grads.ctypes.data + start * grad.itemsize):
                     return None
                 row.append(start)
             offsets.append(row)
@@ -139,6 +145,8 @@ class DenseStack:
         plan = self._plans.get(n)
         if plan is not None:
             return plan
+        if len(self._plans) >= MAX_PLANS:  # e.g. train_on_batch with ever new batch sizes
+            del self._plans[next(iter(self._plans))]
         layout, size = [], 0
         for index, (layer, (kernel_at, bias_at)) in enumerate(zip(self.layers,
                                                                   self._param_offsets)):
