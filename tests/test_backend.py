@@ -149,6 +149,16 @@ def test_cupy_without_a_gpu_is_unavailable():
     assert nnlite.backend.get_backend() is before
 
 
+def test_numba_without_scipy_is_unavailable(monkeypatch):
+    """Numba's np.dot needs SciPy's BLAS: without SciPy the backend is unavailable (and auto
+    moves on), not a crash at the first training step."""
+    pytest.importorskip("numba")
+    monkeypatch.setitem(sys.modules, "scipy.linalg.cython_blas", None)  # import -> ImportError
+    monkeypatch.delitem(sys.modules, "nnlite.backend.numba_backend", raising=False)
+    with pytest.raises(BackendUnavailable, match="SciPy"):
+        nnlite.set_backend("numba")
+
+
 def test_auto_prints_one_line_naming_the_choice_and_why(capsys):
     backend = nnlite.set_backend("auto")
     err = capsys.readouterr().err

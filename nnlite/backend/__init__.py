@@ -55,7 +55,7 @@ def _lazy(name: str, module: str, cls: str, hint: str):
 _FACTORIES = {
     "numpy": lambda **options: Backend(**options),
     "numba": _lazy("numba", "nnlite.backend.numba_backend", "NumbaBackend",
-                   "Numba: install it with `pip install numba`"),
+                   "Numba and SciPy (for BLAS in compiled code): `pip install numba scipy`"),
     "cupy": _lazy("cupy", "nnlite.backend.cupy_backend", "CupyBackend",
                   "CuPy: install nnlite[gpu] on a CUDA machine"),
 }

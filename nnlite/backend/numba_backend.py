@@ -25,6 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+# Numba's np.dot (in the compiled Dense step and LSTM loops) calls SciPy's BLAS, a second
+# OpenBLAS that Numba would load only at its first compilation. Loading it with the backend
+# lets thread limits reach it: set_threads applies to the libraries loaded when it is called,
+# and fit's one-thread policy to those loaded when fit starts.
+import scipy.linalg.cython_blas  # noqa: F401  (missing: the backend is unavailable)
+
 from nnlite import config
 from nnlite.backend import numba_kernels as K
 from nnlite.backend.numpy_backend import Backend
@@ -66,12 +72,7 @@ class NumbaBackend(Backend):
                 f"NumbaBackend: expected `gemm` to be 'blas' or 'blocked', received {gemm!r}"
             )
         self.gemm = gemm
-        # Numba's np.dot (the compiled Dense step) calls SciPy's BLAS, a second OpenBLAS that
-        # Numba loads on its first compilation. Load it now, so that thread limits reach it:
-        # set_threads applies to the libraries loaded when it is called (re-applied here), and
-        # fit's one-thread policy to those loaded when fit starts.
-        import scipy.linalg.cython_blas  # noqa: F401
-
+        # SciPy's BLAS is loaded (module imports): re-apply set_threads so its limit reaches it.
         config.set_threads(config.threads())
 
     def gather(self, data, index, dtype, out=None):
