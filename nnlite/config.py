@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 _FLOATX = "float32"
 _EPSILON = 1e-7
 _VALID_FLOATX = ("float32", "float64")
@@ -106,29 +108,23 @@ _ONE_THREAD_DEPTH = 0  # how many auto_threads one-thread limits are active
 
 def auto_threads(step_flops: float):
     """Context manager ``fit`` enters: one BLAS thread for small steps when threads are unset."""
-    import contextlib
-
     if _THREADS is not None or step_flops >= SMALL_STEP_FLOPS:
         return contextlib.nullcontext()
     return _one_blas_thread()
 
 
+@contextlib.contextmanager
 def _one_blas_thread():
-    import contextlib
-
+    """BLAS on one thread for the duration, recorded for :func:`blas_single_threaded`."""
+    global _ONE_THREAD_DEPTH
     from threadpoolctl import threadpool_limits
 
-    @contextlib.contextmanager
-    def limit():
-        global _ONE_THREAD_DEPTH
-        with threadpool_limits(limits=1, user_api="blas"):
-            _ONE_THREAD_DEPTH += 1
-            try:
-                yield
-            finally:
-                _ONE_THREAD_DEPTH -= 1
-
-    return limit()
+    with threadpool_limits(limits=1, user_api="blas"):
+        _ONE_THREAD_DEPTH += 1
+        try:
+            yield
+        finally:
+            _ONE_THREAD_DEPTH -= 1
 
 
 def blas_single_threaded() -> bool:
