@@ -72,6 +72,7 @@ class NumbaBackend(Backend):
                 f"NumbaBackend: expected `gemm` to be 'blas' or 'blocked', received {gemm!r}"
             )
         self.gemm = gemm
+        self._pool = self._pool_key = None  # threads of the LSTM's row blocks, made on first use
         # SciPy's BLAS is loaded (module imports): re-apply set_threads so its limit reaches it.
         config.set_threads(config.threads())
 
@@ -307,7 +308,9 @@ class NumbaBackend(Backend):
     def _lstm_pool(self, workers):
         """Threads for :meth:`_by_row_blocks`, made on first use (again in a forked child)."""
         key = (os.getpid(), workers)
-        if getattr(self, "_pool_key", None) != key:
+        if self._pool_key != key:
+            if self._pool is not None and self._pool_key[0] == key[0]:
+                self._pool.shutdown(wait=False)  # another thread count: replace the pool
             self._pool = ThreadPoolExecutor(max_workers=workers,
                                             thread_name_prefix="nnlite-lstm")
             self._pool_key = key

@@ -343,7 +343,7 @@ def dense_stack_step(x, target, params, grads, work, layout, codes):
         params, grads, work: flat vectors    layout: (L, 8) int64 offsets   codes: (L,) int64
     Math (a₀ = x, layers l = 1 … L, f_L = softmax or linear; the loss reads z_L as logits):
         forward   z_l = a_{l−1} · W_l + b_l      a_l = f_l(z_l)
-        loss      (1/N) Σ_n (logsumexp(z_L[n]) − Σ_c t[n, c] z_L[n, c])
+        loss      (1/N) Σ_n Σ_c t[n, c] (logsumexp(z_L[n]) − z_L[n, c])   (t: one-hot labels)
         backward  dz_L = (softmax(z_L) − t) / N
                   dW_l = a_{l−1}ᵀ · dz_l     db_l = Σ_n dz_l[n]
                   dz_{l−1} = f'_{l−1}(z_{l−1}) ⊙ (dz_l · W_lᵀ)
