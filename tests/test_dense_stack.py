@@ -129,9 +129,16 @@ def test_stack_path_float32(backend, case):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_numba_stack_matches_numpy_stack(float64):
+def test_numba_stack_matches_numpy_stack(float64, monkeypatch):
     pytest.importorskip("numba")
+    from nnlite.backend import numba_kernels
+
+    calls = []
+    compiled = numba_kernels.dense_stack_step
+    monkeypatch.setattr(numba_kernels, "dense_stack_step",
+                        lambda *args: calls.append(1) or compiled(*args))
     numba_run = _train("sparse", "numba", True, 5, "float64")
+    assert len(calls) == 15  # 3 epochs of 5 steps, each one compiled call
     numpy_run = _train("sparse", "numpy", True, 5, "float64")
     for a, b in zip(numba_run[1], numpy_run[1]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
