@@ -254,7 +254,8 @@ class NumbaBackend(Backend):
         if codes is None:
             return super().lstm_cell_forward(gates, hz, c_prev, activation,
                                              recurrent_activation, out)
-        c, act_c, h = out if out is not None else (np.empty_like(c_prev) for _ in range(3))
+        c, act_c, h = (o if o is not None else np.empty_like(c_prev)
+                       for o in (out if out is not None else (None, None, None)))
         K.lstm_cell_forward(gates.size, gates, hz, c_prev, *codes, c, act_c, h)
         return c, act_c, h
 
