@@ -664,13 +664,14 @@ def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
     from nnlite.backend import numba_backend
 
     monkeypatch.setattr(numba_backend, "LSTM_MIN_ROWS", min_rows)
-    monkeypatch.setattr(numba_backend, "LSTM_MIN_COLUMNS", min_rows)
+    monkeypatch.setattr(numba_backend, "GEMM_MIN_BLOCK", min_rows)
+    monkeypatch.setattr(numba_backend, "SPLIT_GEMM_FLOPS", 0)
     # Blocks run only while BLAS is on one thread (as inside fit for small steps).
     monkeypatch.setattr(config, "blas_single_threaded", lambda: True)
     backend = numba_backend.NumbaBackend()
     pools = []
-    original_pool = backend._lstm_pool
-    monkeypatch.setattr(backend, "_lstm_pool", lambda k: pools.append(k) or original_pool(k))
+    original_pool = backend._thread_pool
+    monkeypatch.setattr(backend, "_thread_pool", lambda k: pools.append(k) or original_pool(k))
     gates0, recurrent, state = _lstm_sequence_inputs(dtype, n=11)
     t, n, u4 = gates0.shape
     u = u4 // 4
@@ -704,10 +705,41 @@ def test_numba_lstm_row_blocks_wait_for_single_threaded_blas(monkeypatch):
 
     monkeypatch.setattr(numba_backend, "LSTM_MIN_ROWS", 1)
     backend = numba_backend.NumbaBackend()
-    monkeypatch.setattr(backend, "_lstm_pool", lambda k: pytest.fail("row blocks were used"))
+    monkeypatch.setattr(backend, "_thread_pool", lambda k: pytest.fail("row blocks were used"))
     monkeypatch.setattr(config, "blas_single_threaded", lambda: False)
     gates, recurrent, state = _lstm_sequence_inputs("float64", n=11)
     t, n, u4 = gates.shape
     tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
     backend.lstm_forward_sequence(gates, recurrent, state.copy(), state.copy(),
                                   np.empty((t, n, u4 // 4)), np.empty((n, u4)), tanh, sigmoid)
+
+
+@pytest.mark.parametrize("shape", [(300, 40, 70), (30, 200, 150)], ids=["tall", "wide"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_backend_splits_large_gemms_while_blas_is_single_threaded(dtype, shape,
+                                                                        monkeypatch):
+    """A GEMM over the size threshold runs as row (tall) or column (wide) blocks on the
+    backend's threads while BLAS is held to one thread; same products as one BLAS call."""
+    import numba
+
+    from nnlite import config
+    from nnlite.backend import numba_backend
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs two Numba threads")
+    monkeypatch.setattr(numba_backend, "SPLIT_GEMM_FLOPS", 1e5)
+    monkeypatch.setattr(numba_backend, "GEMM_MIN_BLOCK", 8)
+    backend = numba_backend.NumbaBackend()
+    pools = []
+    original_pool = backend._thread_pool
+    monkeypatch.setattr(backend, "_thread_pool", lambda k: pools.append(k) or original_pool(k))
+    m, k, n = shape
+    r = rng(5)
+    a, b = r.standard_normal((m, k)).astype(dtype), r.standard_normal((k, n)).astype(dtype)
+    for single in (False, True):
+        monkeypatch.setattr(config, "blas_single_threaded", lambda: single)
+        out = np.full((m, n), np.nan, dtype)
+        assert backend.matmul(a, b, out=out) is out
+        assert_close(out, np.matmul(a, b), dtype, f"split={single}")
+        assert_close(backend.matmul(a.T.copy().T, b), np.matmul(a, b), dtype, "alloc")
+        assert bool(pools) == single

@@ -37,8 +37,11 @@ from nnlite.backend.numpy_backend import Backend
 
 # Fewest batch rows per thread in the LSTM's time loops (see NumbaBackend._by_row_blocks).
 LSTM_MIN_ROWS = 32
-# Fewest columns per thread in the LSTM's weight-gradient GEMM.
-LSTM_MIN_COLUMNS = 64
+# While BLAS is held to one thread (fit's policy for small steps), a single GEMM of at least
+# this many FLOPs (e.g. an LSTM's input projection or weight gradients over all time steps) is
+# split into blocks of at least GEMM_MIN_BLOCK rows or columns across Numba's threads.
+SPLIT_GEMM_FLOPS = 50e6
+GEMM_MIN_BLOCK = 64
 
 _TINY = {np.dtype(t): np.dtype(t).type(np.finfo(t).tiny) for t in (np.float32, np.float64)}
 
@@ -72,7 +75,7 @@ class NumbaBackend(Backend):
                 f"NumbaBackend: expected `gemm` to be 'blas' or 'blocked', received {gemm!r}"
             )
         self.gemm = gemm
-        self._pool = self._pool_key = None  # threads of the LSTM's row blocks, made on first use
+        self._pool = self._pool_key = None  # threads for _by_row_blocks, made on first use
         # SciPy's BLAS is loaded (module imports): re-apply set_threads so its limit reaches it.
         config.set_threads(config.threads())
 
@@ -88,11 +91,19 @@ class NumbaBackend(Backend):
         return out
 
     def matmul(self, a, b, out=None):
-        if self.gemm == "blas" or a.ndim != 2 or b.ndim != 2:
+        if a.ndim != 2 or b.ndim != 2:
+            return np.matmul(a, b, out=out)
+        (m, k), n = a.shape, b.shape[1]
+        if self.gemm == "blas" and 2 * m * k * n < SPLIT_GEMM_FLOPS:
             return np.matmul(a, b, out=out)
         if out is None:
-            out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-        K.matmul_blocked(out.size, np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+            out = np.empty((m, n), dtype=np.result_type(a, b))
+        if self.gemm != "blas":
+            K.matmul_blocked(out.size, np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+        elif m >= n:  # row blocks: out[i0:i1] = a[i0:i1] · b
+            self._by_row_blocks(_matmul_rows, m, a, b, out, min_rows=GEMM_MIN_BLOCK)
+        else:  # column blocks: out[:, j0:j1] = a · b[:, j0:j1]
+            self._by_row_blocks(_matmul_columns, n, a, b, out, min_rows=GEMM_MIN_BLOCK)
         return out
 
     def dense_forward(self, x, kernel, bias, activation, out=None):
@@ -282,12 +293,15 @@ class NumbaBackend(Backend):
         return self._lstm_codes(activation, recurrent_activation, gates, *arrays)
 
     def _by_row_blocks(self, kernel, n, *args, min_rows=None):
-        """``kernel(*args, r0, r1)`` over blocks of the n rows, one block per Numba thread.
+        """``kernel(*args, r0, r1)`` over blocks of n rows (or columns), one block per Numba
+        thread; the kernels release the GIL (compiled ``nogil`` loops, NumPy's matmul).
 
         The LSTM's rows never mix in the recurrence, so each thread walks all T steps for its
         rows (its own small GEMMs on one BLAS thread, its own cells) and the threads meet once
-        per walk. Blocks keep at least ``min_rows`` (default LSTM_MIN_ROWS) rows: a thinner
-        GEMM wastes more than the second core gives.
+        per walk; a large GEMM splits into independent row or column blocks. Blocks keep at
+        least ``min_rows`` (default LSTM_MIN_ROWS) rows: a thinner GEMM wastes more than the
+        second core gives. Only while BLAS runs on one thread (``config.blas_single_threaded``);
+        otherwise one block, and BLAS threads each GEMM itself.
         """
         min_rows = LSTM_MIN_ROWS if min_rows is None else min_rows
         # Each block calls BLAS: only while BLAS is on one thread, or the cores are oversold.
@@ -297,7 +311,7 @@ class NumbaBackend(Backend):
             kernel(*args, 0, n)
             return
         bounds = [n * k // blocks for k in range(blocks + 1)]
-        pool = self._lstm_pool(blocks - 1)
+        pool = self._thread_pool(blocks - 1)
         futures = [pool.submit(kernel, *args, bounds[k], bounds[k + 1])
                    for k in range(1, blocks)]
         try:
@@ -306,14 +320,14 @@ class NumbaBackend(Backend):
             for future in futures:
                 future.result()
 
-    def _lstm_pool(self, workers):
+    def _thread_pool(self, workers):
         """Threads for :meth:`_by_row_blocks`, made on first use (again in a forked child)."""
         key = (os.getpid(), workers)
         if self._pool_key != key:
             if self._pool is not None and self._pool_key[0] == key[0]:
                 self._pool.shutdown(wait=False)  # another thread count: replace the pool
             self._pool = ThreadPoolExecutor(max_workers=workers,
-                                            thread_name_prefix="nnlite-lstm")
+                                            thread_name_prefix="nnlite-blocks")
             self._pool_key = key
         return self._pool
 
@@ -338,14 +352,10 @@ class NumbaBackend(Backend):
         self._by_row_blocks(K.lstm_backward_sequence, gates.shape[1], dy, gates,
                             recurrent_kernel, c, act_c, dh, dc, dz, *codes)
 
-    def lstm_recurrent_gradient(self, h, dz, out=None):
-        # Column blocks of the one big GEMM on the LSTM's threads (NumPy's matmul releases the
-        # GIL): each block is the same dot products, so the result is unchanged.
-        if out is None:
-            out = np.empty((h.shape[1], dz.shape[1]), dtype=dz.dtype)
-        self._by_row_blocks(_matmul_columns, dz.shape[1], h.T, dz, out,
-                            min_rows=LSTM_MIN_COLUMNS)
-        return out
+
+def _matmul_rows(a, b, out, i0, i1):
+    """``out[i0:i1] = a[i0:i1] · b``."""
+    np.matmul(a[i0:i1], b, out=out[i0:i1])
 
 
 def _matmul_columns(a, b, out, j0, j1):
