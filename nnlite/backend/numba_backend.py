@@ -8,12 +8,19 @@ It overrides only what it speeds up (see :mod:`nnlite.backend.numba_kernels` for
 - softmax cross-entropy: loss and ``dlogits`` in one pass over the logits;
 - SGD / momentum / Adam / RMSprop: one element-wise pass over a whole parameter vector (the model
   packs all its parameters into one flat array, so a step is one kernel call);
-- batch gather with the cast to the working dtype.
+- batch gather with the cast to the working dtype;
+- a whole training step of a plain Dense stack (forward, fused loss, backward) as one compiled
+  function calling BLAS through ``np.dot``;
+- the LSTM cell, and each walk through time as one compiled loop.
 
 GEMMs stay in BLAS unless ``gemm="blocked"`` selects the hand-written blocked kernel (for the
-kernel benchmark and for teaching). Kernels are compiled on first use and cached on disk
-(``cache=True``), so the compile cost is paid once per machine; :meth:`NumbaBackend.warmup`
-compiles everything up front and reports the time.
+kernel benchmark and for teaching). While ``fit`` holds BLAS to one thread (small steps), work
+that splits cleanly runs on Numba's threads instead: the LSTM's batch rows, and any single GEMM
+of at least ``SPLIT_GEMM_FLOPS`` as row or column blocks.
+
+Kernels are compiled on first use and cached on disk (``cache=True``), so the compile cost is
+paid once per machine; :meth:`NumbaBackend.warmup` compiles everything up front and reports the
+time.
 """
 
 from __future__ import annotations

@@ -84,17 +84,22 @@ def train(system: str, wl: Workload, data: dict, epochs: int, seed: int = 0,
 # -- nnlite -------------------------------------------------------------------------------------
 
 
+def build_sequential(lib, wl: Workload, **kwargs):
+    """The workload's network with ``lib``, nnlite or keras: the same code builds both."""
+    layers = [lib.Input(shape=(INPUTS,))]
+    if wl.lstm:
+        layers += [lib.layers.Reshape((ROWS, COLS)), lib.layers.LSTM(wl.lstm)]
+    else:
+        layers += [lib.layers.Dense(w, activation="relu") for w in wl.hidden]
+    layers.append(lib.layers.Dense(CLASSES, activation="softmax"))
+    return lib.Sequential(layers, **kwargs)
+
+
 def build_nnlite(wl: Workload, seed: int):
     """The workload's network as an nnlite ``Sequential`` (weights from ``seed``)."""
     import nnlite
 
-    layers = [nnlite.Input(shape=(INPUTS,))]
-    if wl.lstm:
-        layers += [nnlite.layers.Reshape((ROWS, COLS)), nnlite.layers.LSTM(wl.lstm)]
-    else:
-        layers += [nnlite.layers.Dense(w, activation="relu") for w in wl.hidden]
-    layers.append(nnlite.layers.Dense(CLASSES, activation="softmax"))
-    return nnlite.Sequential(layers, seed=seed)
+    return build_sequential(nnlite, wl, seed=seed)
 
 
 def nnlite_optimizer(wl: Workload):
@@ -246,15 +251,10 @@ def _torch(system, wl, x, y, epochs, seed, threads):
 
 
 def build_keras(wl: Workload):
+    """The workload's network as a Keras ``Sequential``."""
     import keras
 
-    layers = [keras.Input(shape=(INPUTS,))]
-    if wl.lstm:
-        layers += [keras.layers.Reshape((ROWS, COLS)), keras.layers.LSTM(wl.lstm)]
-    else:
-        layers += [keras.layers.Dense(w, activation="relu") for w in wl.hidden]
-    layers.append(keras.layers.Dense(CLASSES, activation="softmax"))
-    return keras.Sequential(layers)
+    return build_sequential(keras, wl)
 
 
 def _keras(system, wl, x, y, epochs, seed, threads):

@@ -83,6 +83,7 @@ class DenseStack:
         self.params, self.grads = flat, flat_grad
         self.codes = np.array([ACTIVATION_CODES[layer.activation.name] for layer in layers],
                               dtype=np.int64)
+        self._param_offsets = self._offsets()
         self._plans: dict = {}
 
     @classmethod
@@ -117,7 +118,7 @@ class DenseStack:
         if not isinstance(flat, np.ndarray):
             return None
         stack = cls(layers, flat, flat_grad, loss)
-        return stack if stack._offsets() is not None else None
+        return stack if stack._param_offsets is not None else None
 
     def _offsets(self):
         """Offsets of every kernel and bias in the packed vector (None if one is not in it)."""
@@ -137,7 +138,6 @@ class DenseStack:
                     return None
                 row.append(start)
             offsets.append(row)
-        self._param_offsets = offsets
         return offsets
 
     def plan(self, n: int) -> StackPlan:
