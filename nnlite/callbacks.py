@@ -496,6 +496,19 @@ class CallbackList(Callback):
             return True
         return False
 
+    @property
+    def runs_per_batch(self) -> bool:
+        """Whether any callback acts on training batches (overrides a train-batch hook, or is a
+        live progress bar). When none does, ``fit`` may run many batches in one compiled call.
+        """
+        hooks = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end")
+        for cb in self.callbacks:
+            if isinstance(cb, History) or (isinstance(cb, ProgbarLogger) and cb.verbose != 1):
+                continue
+            if any(getattr(type(cb), hook) is not getattr(Callback, hook) for hook in hooks):
+                return True
+        return False
+
     def _add_default_callbacks(self, add_history: bool, add_progbar: bool) -> None:
         for cb in self.callbacks:
             if isinstance(cb, ProgbarLogger):

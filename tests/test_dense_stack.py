@@ -129,17 +129,23 @@ def test_stack_path_float32(backend, case):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_numba_stack_matches_numpy_stack(float64, monkeypatch):
+@pytest.mark.parametrize("kernel, run, calls_expected", [
+    # 3 epochs of 5 steps: each step one compiled call (metrics on) ...
+    ("dense_stack_step", lambda backend: _train("sparse", backend, True, 5, "float64"), 15),
+    # ... or each epoch one compiled loop (no metrics); defined further down
+    ("dense_stack_train", lambda backend: _fit_loop(backend, "adam"), 3),
+])
+def test_numba_stack_matches_numpy_stack(float64, monkeypatch, kernel, run, calls_expected):
     pytest.importorskip("numba")
     from nnlite.backend import numba_kernels
 
     calls = []
-    compiled = numba_kernels.dense_stack_step
-    monkeypatch.setattr(numba_kernels, "dense_stack_step",
-                        lambda *args: calls.append(1) or compiled(*args))
-    numba_run = _train("sparse", "numba", True, 5, "float64")
-    assert len(calls) == 15  # 3 epochs of 5 steps, each one compiled call
-    numpy_run = _train("sparse", "numpy", True, 5, "float64")
+    compiled = getattr(numba_kernels, kernel)
+    monkeypatch.setattr(numba_kernels, kernel, lambda *args: calls.append(1) or compiled(*args))
+    numba_run = run("numba")
+    assert len(calls) == calls_expected
+    numpy_run = run("numpy")
+    np.testing.assert_allclose(numba_run[0]["loss"], numpy_run[0]["loss"], rtol=1e-12)
     for a, b in zip(numba_run[1], numpy_run[1]):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
@@ -208,3 +214,128 @@ def test_plans_are_kept_for_a_few_batch_sizes():
     assert model._stack is not None
     assert len(model._stack._plans) == dense_stack.MAX_PLANS
     assert sorted(model._stack._plans) == list(range(12 - dense_stack.MAX_PLANS, 12))
+
+
+# -- many steps in one call (DenseStack.train, backend.dense_stack_train) ----------------------
+
+
+class _EveryBatch(nnlite.callbacks.Callback):
+    """A callback with a per-batch hook: ``fit`` must then step in Python."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+LOOP_OPTIMIZERS = {
+    "adam": lambda: optimizers.Adam(0.01),
+    "adam-schedule": lambda: optimizers.Adam(lambda step: 0.02 / (1 + step)),
+    "sgd": lambda: optimizers.SGD(0.1),
+    "momentum": lambda: optimizers.SGD(0.1, momentum=0.9),
+    "nesterov": lambda: optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+}
+
+
+def _fit_loop(backend_name, optimizer, case="sparse", batch_size=5, dtype="float64",
+              callbacks=(), lr_scale=1.0, epochs=3):
+    """Train without metrics; returns (history, weights, iterations, backend loop calls)."""
+    nnlite.set_backend(backend_name)
+    backend = nnlite.backend.get_backend()
+    spec = dict(CASES[case])
+    loss = spec.pop("loss", "sparse_categorical_crossentropy")
+    spec.pop("optimizer", None)
+    if spec.pop("flatten", False):
+        spec["input_layers"] = [nnlite.Input((3, 4)), layers.Flatten()]
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(23, 12)) * lr_scale).astype(dtype)
+    if case == "flatten":
+        x = x.reshape(23, 3, 4)
+    labels = rng.integers(0, 5, 23)
+    y = np.eye(5, dtype=dtype)[labels] if loss == "categorical_crossentropy" else labels
+    model = _model(**spec)
+    make = LOOP_OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
+    model.compile(optimizer=make(), loss=loss)
+    calls = []
+    original = type(backend).dense_stack_train
+    type(backend).dense_stack_train = lambda self, *args: calls.append(1) or original(self, *args)
+    try:
+        history = model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0,
+                            callbacks=list(callbacks))
+    finally:
+        type(backend).dense_stack_train = original
+    return history.history, model.get_weights(), model.optimizer.iterations, len(calls), model
+
+
+@pytest.mark.parametrize("optimizer", sorted(LOOP_OPTIMIZERS))
+@pytest.mark.parametrize("case", ["sparse", "onehot", "logits", "flatten"])
+@pytest.mark.parametrize("batch_size", [1, 5, 10])
+def test_compiled_loop_trains_as_python_steps(backend, float64, optimizer, case, batch_size):
+    """23 samples: batch 5 and 10 leave a partial last batch, which takes a Python step."""
+    looped = _fit_loop(backend.name, optimizer, case, batch_size)
+    stepped = _fit_loop(backend.name, optimizer, case, batch_size, callbacks=[_EveryBatch()])
+    assert looped[3] == 3 and stepped[3] == 0  # one loop call per epoch; none with the hook
+    assert looped[2] == stepped[2] == 3 * -(-23 // batch_size)
+    assert looped[0] == stepped[0]
+    for a, b in zip(looped[1], stepped[1]):
+        np.testing.assert_array_equal(a, b)  # the same kernels in the same order
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "nesterov"])
+def test_compiled_loop_float32(backend, optimizer):
+    looped = _fit_loop(backend.name, optimizer, dtype="float32")
+    stepped = _fit_loop(backend.name, optimizer, dtype="float32", callbacks=[_EveryBatch()])
+    assert looped[3] == 3
+    assert looped[0] == stepped[0]
+    for a, b in zip(looped[1], stepped[1]):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+
+def test_compiled_loop_stops_at_a_non_finite_loss(backend, float64):
+    runs = []
+    for callbacks in ((), (_EveryBatch(),)):
+        with np.errstate(all="ignore"), \
+                pytest.warns(nnlite.models.sequential.NonFiniteLossWarning) as record:
+            run = _fit_loop(backend.name, lambda: optimizers.SGD(1e308),
+                            case="linear-hidden-no-bias", lr_scale=1e10, callbacks=callbacks)
+        messages = [str(w.message) for w in record
+                    if w.category is nnlite.models.sequential.NonFiniteLossWarning]
+        runs.append(run + (messages,))
+    looped, stepped = runs
+    assert looped[3] == 1 and stepped[3] == 0
+    assert looped[2] == stepped[2] == 2  # the second step's loss is NaN: stop after it
+    assert looped[-1] == stepped[-1] and len(looped[-1]) == 1  # the same step named
+    assert np.isnan(looped[0]["loss"]).all() and len(looped[0]["loss"]) == 1
+
+
+def test_what_keeps_fit_stepping_in_python(backend):
+    """Per-batch callbacks, metrics and optimizers without a compiled form; EarlyStopping and
+    a one-line-per-epoch log do not."""
+    assert _fit_loop(backend.name, "adam", callbacks=[_EveryBatch()])[3] == 0
+    early = nnlite.callbacks.EarlyStopping(monitor="loss", patience=5)
+    assert _fit_loop(backend.name, "adam", callbacks=[early])[3] == 3
+    nnlite.set_backend(backend.name)
+    model = _compiled(_model())  # with metrics=["accuracy"]
+    x, y = np.zeros((20, 12), config.floatx()), np.zeros(20, np.int64)
+    model.fit(x, y, batch_size=5, verbose=0)
+    assert model._stack.plan(5).x is None  # no loop ran: its input buffer was never made
+    model.compile(optimizer=optimizers.RMSprop(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=5, verbose=0)
+    assert model._stack.plan(5).x is None
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=5, verbose=2)
+    assert model._stack.plan(5).x is not None
+
+
+def test_compiled_loop_leaves_the_last_batch_in_the_caches(backend, float64):
+    looped = _fit_loop(backend.name, "adam", batch_size=23, epochs=1)  # one step: no loop
+    assert looped[3] == 0
+    looped = _fit_loop(backend.name, "adam", batch_size=10, epochs=1)[-1]
+    stepped = _fit_loop(backend.name, "adam", batch_size=10, epochs=1,
+                        callbacks=[_EveryBatch()])[-1]
+    for a, b in zip(looped.layers, stepped.layers):
+        np.testing.assert_array_equal(backend.to_numpy(a._cache[1]),
+                                      backend.to_numpy(b._cache[1]))

@@ -171,6 +171,22 @@ class NumbaBackend(Backend):
                                   plan.codes)
         return x.dtype.type(loss), plan.outputs
 
+    def dense_stack_train(self, data, targets, order, plan, updates, losses):
+        """The steps as one compiled loop (:func:`numba_kernels.dense_stack_train`), under the
+        same conditions as :meth:`dense_stack_step`; the base class's loop otherwise."""
+        rule, state, scalars = updates
+        if (self.gemm != "blas" or plan.largest >= K.PARALLEL_THRESHOLD or rule not in K.RULES
+                or data.ndim != 2 or not data.flags.c_contiguous
+                or not targets.flags.c_contiguous or plan.x.dtype != plan.work.dtype):
+            return super().dense_stack_train(data, targets, order, plan, updates, losses)
+        none = plan.params[:0]
+        state1, state2 = (tuple(state) + (none, none))[:2]
+        target_buffer = np.empty((plan.x.shape[0],) + targets.shape[1:], dtype=targets.dtype)
+        return K.dense_stack_train(data, targets, order, plan.x, target_buffer, plan.params,
+                                   plan.grads, plan.work, plan.layout, plan.codes,
+                                   K.RULES[rule], state1, state2, scalars, _tiny(plan.params),
+                                   losses)
+
     def sgd_update(self, param, grad, lr, momentum=None, velocity=None, nesterov=False):
         p, g = _flat(param), _flat(grad)
         v = None if velocity is None else _flat(velocity)
@@ -241,9 +257,15 @@ class NumbaBackend(Backend):
             # The compiled Dense-stack step: one layer 3 -> 4 (softmax), labels and one-hot.
             layout = np.array([[3, 4, 0, 12, 0, 8, 16, -1]], np.int64)
             params, work = np.zeros(16, dt), np.zeros(24, dt)
+            codes = np.array([K.SOFTMAX], np.int64)
             for target in (np.zeros(2, np.int64), np.ones((2, 4), dt)):
                 K.dense_stack_step(x[:, :3], target, params, np.zeros(16, dt), work, layout,
-                                   np.array([K.SOFTMAX], np.int64))
+                                   codes)
+                # ... and the loop over steps (Adam; the SGD rules share its signature).
+                m, v = np.zeros(16, dt), np.zeros(16, dt)
+                K.dense_stack_train(x, target, np.arange(2), x.copy(), target.copy(), params,
+                                    np.zeros(16, dt), work, layout, codes, K.ADAM, m, v,
+                                    np.zeros((1, 4), dt), one, np.zeros(1, dt))
             # The LSTM cell with Keras's default activations (tanh, sigmoid).
             tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
             gates, hz, c_prev = np.zeros((2, 8), dt), np.zeros((2, 8), dt), np.zeros((2, 2), dt)

@@ -139,6 +139,40 @@ class Backend:
             activation = plan.layers[index - 1].activation
         return loss, outputs
 
+    def dense_stack_train(self, data, targets, order, plan, updates, losses):
+        """Many steps of a Dense stack, each one batch and its optimizer update: what ``fit``
+        runs when nothing reads the model between two steps.
+
+        Step s trains on rows ``order[s·B:(s+1)·B]`` of ``data`` and ``targets`` (B: the plan's
+        batch size; the batch is gathered into ``plan.x``) with :meth:`dense_stack_step`, writes
+        its loss to ``losses[s]``, then applies ``updates = (rule, state, scalars)`` to the
+        packed parameters with ``scalars[s]`` (see ``Optimizer.compiled_updates``). Stops after
+        the first step whose loss is not finite, as ``fit`` does.
+
+        Shapes:
+            data: (N, D_in)   targets: (N,) labels or (N, C) one-hot   order: (S·B,)
+            scalars: (S, k)   losses: (S,)
+        Returns:
+            the number of steps run.
+        """
+        rule, state, scalars = updates
+        batch = plan.x.shape[0]
+        for s in range(losses.size):
+            index = order[s * batch:(s + 1) * batch]
+            x = self.gather(data, index, plan.x.dtype, out=plan.x)
+            losses[s], _ = self.dense_stack_step(x, targets[index], plan)
+            k = scalars[s]
+            if rule == "adam":
+                self.adam_update(plan.params, plan.grads, *state, *k)
+            elif rule == "sgd":
+                self.sgd_update(plan.params, plan.grads, k[0])
+            else:
+                self.sgd_update(plan.params, plan.grads, k[0], k[1], state[0],
+                                nesterov=rule == "nesterov")
+            if not numpy.isfinite(losses[s]):
+                return s + 1
+        return losses.size
+
     # -- optimizers (all in place) -------------------------------------------------------------
 
     def sgd_update(self, param, grad, lr, momentum=None, velocity=None, nesterov=False):

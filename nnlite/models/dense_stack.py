@@ -7,6 +7,12 @@ hands the whole step (forward, fused softmax cross-entropy, backward) to
 backend's version is the same per-layer kernels called in a loop, the specification the
 compiled step is tested against; the layer-by-layer path stays for every other model.
 
+When nothing reads the model between two steps (no metrics, no callback with a per-batch hook),
+``fit`` goes one level further: :meth:`DenseStack.train` hands all the full batches of an epoch,
+with the optimizer's per-step scalars (``Optimizer.compiled_updates``), to
+``backend.dense_stack_train``: gather, step and update, step after step, in one compiled loop
+on the Numba backend (a Python loop over the same kernels on NumPy). Same numbers, bit for bit.
+
 Each layer keeps its contract after a step: ``grads`` hold this step's gradients (views into
 the model's packed gradient vector, as on the layer path) and the layer's cache holds this
 step's input and outputs.
@@ -59,6 +65,8 @@ class StackPlan:
         layers: per-layer :class:`LayerViews`.
         outputs: per-layer ``(z, y)`` views into ``work``.
         largest: the most elements of one layer's z (n × the widest D_out).
+        x: (n, D_in) buffer for the batches of a compiled loop (``DenseStack.train``; made on
+            its first use).
     """
 
     params: object
@@ -69,6 +77,7 @@ class StackPlan:
     layers: list
     outputs: list
     largest: int
+    x: object = None
 
 
 class DenseStack:
@@ -188,12 +197,55 @@ class DenseStack:
         plan = self.plan(n)
         target, _ = self.loss._rows(y, plan.layers[-1].z, validate=False)
         loss, outputs = get_backend().dense_stack_step(x2, target, plan)
-        lead = (n,)
-        a = x2
+        return loss, self._keep(x2, outputs)
+
+    def targets(self, y):
+        """All of ``y`` as the loops read it: (N,) int64 labels or (N, C) one-hot in the
+        parameters' dtype; None when ``y`` does not have that form (the per-step path then
+        reports the problem)."""
+        n, classes = y.shape[0], self.layers[-1].params["kernel"].shape[1]
+        if getattr(self.loss, "sparse", False):
+            if y.size != n:
+                return None
+            return np.ascontiguousarray(y.reshape(n), dtype=np.int64)
+        if y.size != n * classes:
+            return None
+        return np.ascontiguousarray(y.reshape(n, classes), dtype=self.params.dtype)
+
+    def train(self, x, targets, order, batch_size: int, optimizer):
+        """Steps over full batches, ``order[s·B:(s+1)·B]`` for step s, with the optimizer's
+        updates, in one backend call (``backend.dense_stack_train``).
+
+        Args:
+            x: all the inputs (N, ...), C-ordered.   targets: from :meth:`targets`.
+            order: row indices, a multiple of ``batch_size`` long.
+        Returns:
+            the losses of the steps run (fewer than asked when one was not finite), or None
+            when the optimizer has no compiled form (nothing was run).
+        """
+        steps = order.size // batch_size
+        updates = optimizer.compiled_updates(self.params, steps)
+        if updates is None:
+            return None
+        plan = self.plan(batch_size)
+        if plan.x is None:
+            plan.x = np.empty((batch_size, self.layers[0].params["kernel"].shape[0]),
+                              dtype=self.params.dtype)
+        losses = np.empty(steps, dtype=self.params.dtype)
+        done = get_backend().dense_stack_train(x.reshape(x.shape[0], -1), targets, order, plan,
+                                               updates, losses)
+        optimizer.iterations += done
+        if done:
+            self._keep(plan.x, plan.outputs)
+        return losses[:done]
+
+    def _keep(self, x, outputs):
+        """Leave each layer's cache as its own forward pass does; returns the last output."""
+        lead, a = (x.shape[0],), x
         for layer, (z, y_out) in zip(self.layers, outputs):
             layer._cache = (a, z, y_out, lead)
             a = y_out
-        return loss, a
+        return a
 
 
 

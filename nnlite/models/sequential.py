@@ -61,6 +61,12 @@ class _RunningMeans:
             self.metric_sums[i] = _accumulate(self.metric_sums[i],
                                               metric.values(y_true, y_pred).sum())
 
+    def update_losses(self, losses, n: int) -> None:
+        """:meth:`update` for steps of ``n`` samples each with these losses and no metrics."""
+        for loss in losses:
+            self.count += n
+            self.loss_sum = _accumulate(self.loss_sum, loss * n)
+
     def result(self) -> dict:
         count = max(self.count, 1)
         logs = {"loss": _mean(self.loss_sum, count)}
@@ -499,12 +505,29 @@ class Sequential:
         # shuffled copy (rounding aside, the same numbers; one dataset-sized copy less).
         whole = (steps == 1 and x.dtype == np.dtype(config.floatx())
                  and x.flags.c_contiguous)
+        # When nothing reads the model between two steps (no per-batch callback, no metric),
+        # a Dense stack runs its full batches in one compiled loop (DenseStack.train).
+        full = n // batch_size
+        targets = None
+        if (self._stack is not None and full and not whole and not self.metrics
+                and x.flags.c_contiguous and not cbs.runs_per_batch):
+            targets = self._stack.targets(y)
         logs = {}
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
             order = backend.asarray(rng.permutation(n) if shuffle else np.arange(n))
             tracker = _RunningMeans(self.metrics)
-            for step in range(steps):
+            remaining = range(steps)
+            if targets is not None and not self.stop_training:
+                losses = self._stack.train(x, targets, order[:full * batch_size], batch_size,
+                                           self.optimizer)
+                if losses is None:  # the optimizer has no compiled form
+                    targets = None
+                elif losses.size:
+                    tracker.update_losses(losses, batch_size)
+                    self._check_loss(losses[-1], epoch, losses.size - 1)
+                    remaining = range(losses.size, steps if not self.stop_training else 0)
+            for step in remaining:
                 cbs.on_train_batch_begin(step)
                 if whole:
                     xb, yb = x, y
@@ -515,14 +538,8 @@ class Sequential:
                 tracker.update(loss, yb, y_pred)
                 logs = tracker.result() if batch_logs or step == steps - 1 else {}
                 cbs.on_train_batch_end(step, logs)
-                value = float(loss) if check_each_step else logs.get("loss", 0.0)
-                if not math.isfinite(value):
-                    warnings.warn(
-                        f"Epoch {epoch + 1}, step {step + 1}: the loss became {value}; "
-                        "training stopped. Try a smaller learning rate.",
-                        NonFiniteLossWarning, stacklevel=2,
-                    )
-                    self.stop_training = True
+                self._check_loss(loss if check_each_step else logs.get("loss", 0.0), epoch,
+                                 step)
                 if self.stop_training:
                     break
             logs = tracker.result()
@@ -533,6 +550,17 @@ class Sequential:
             if self.stop_training:
                 break
         return logs
+
+    def _check_loss(self, loss, epoch: int, step: int) -> None:
+        """Stop training, with a warning, when a step's loss is NaN or infinite."""
+        value = float(loss)
+        if not math.isfinite(value):
+            warnings.warn(
+                f"Epoch {epoch + 1}, step {step + 1}: the loss became {value}; "
+                "training stopped. Try a smaller learning rate.",
+                NonFiniteLossWarning, stacklevel=3,
+            )
+            self.stop_training = True
 
     def _step_flops(self, batch_size: int, training: bool = True) -> float:
         """Approximate GEMM work of one step: 2·N·(parameters) forward, 6·N·(...) training."""

@@ -41,12 +41,24 @@ class Adam(Optimizer):
 
     def update_step(self, grad, param, state, lr):
         dtype = param.dtype
-        b1, b2, c1, c2, eps = self._constants(dtype)
-        t = dtype.type(self.iterations + 1)
-        # Computed in the parameters' dtype, in Keras's order: (lr · √(1 − β₂ᵗ)) / (1 − β₁ᵗ).
-        alpha = dtype.type(lr) * np.sqrt(1 - b2**t) / (1 - b1**t)
-        get_backend().adam_update(param, grad, state["m"], state["v"], dtype.type(alpha),
-                                  c1, c2, eps)
+        _, _, c1, c2, eps = self._constants(dtype)
+        get_backend().adam_update(param, grad, state["m"], state["v"],
+                                  self._alpha(dtype, self.iterations, lr), c1, c2, eps)
+
+    def compiled_updates(self, param, steps):
+        dtype = param.dtype
+        _, _, c1, c2, eps = self._constants(dtype)
+        rows = [(self._alpha(dtype, self.iterations + s, lr), c1, c2, eps)
+                for s, lr in enumerate(self._learning_rates(steps))]
+        state = self._state(param)
+        return "adam", (state["m"], state["v"]), np.array(rows, dtype=dtype).reshape(steps, 4)
+
+    def _alpha(self, dtype, iterations: int, lr: float):
+        """The step size after ``iterations`` steps, in ``dtype`` and Keras's order:
+        (lr · √(1 − β₂ᵗ)) / (1 − β₁ᵗ) with t = iterations + 1."""
+        b1, b2 = self._constants(dtype)[:2]
+        t = dtype.type(iterations + 1)
+        return dtype.type(dtype.type(lr) * np.sqrt(1 - b2**t) / (1 - b1**t))
 
     def _constants(self, dtype) -> tuple:
         """β₁, β₂ as Keras casts them, and 1 − β₁, 1 − β₂, ε̂ in ``dtype`` (computed once)."""

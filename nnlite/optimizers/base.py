@@ -85,6 +85,25 @@ class Optimizer:
         lr = self.learning_rate
         return float(lr(self.iterations)) if callable(lr) else float(lr)
 
+    def compiled_updates(self, param, steps: int):
+        """The next ``steps`` updates of ``param`` in the form a compiled training loop runs them.
+
+        Returns:
+            ``(rule, state, scalars)``: the update rule's name (a key of
+            ``numba_kernels.RULES``), the state arrays it updates in place (this parameter's
+            slots) and a (steps, k) array of each step's scalars in ``param``'s dtype, the same
+            values :meth:`update_step` would compute; or None when the optimizer has no such
+            form. ``iterations`` is not advanced: the loop's caller adds the steps it ran.
+        """
+        return None
+
+    def _learning_rates(self, steps: int) -> list:
+        """The learning rates of the next ``steps`` steps (a schedule is called for each)."""
+        lr = self.learning_rate
+        if callable(lr):
+            return [float(lr(self.iterations + s)) for s in range(steps)]
+        return [float(lr)] * steps
+
     # -- for subclasses ------------------------------------------------------------------------
 
     def slot_names(self) -> tuple[str, ...]:

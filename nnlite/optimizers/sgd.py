@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from nnlite.backend import get_backend
 from nnlite.optimizers.base import Optimizer, keras_scalar
 
@@ -42,3 +44,12 @@ class SGD(Optimizer):
         else:
             get_backend().sgd_update(param, grad, lr, keras_scalar(self.momentum, dtype),
                                      state["momentum"], self.nesterov)
+
+    def compiled_updates(self, param, steps):
+        dtype = param.dtype
+        lrs = self._learning_rates(steps)
+        if self.momentum == 0:
+            return "sgd", (), np.array(lrs, dtype=dtype).reshape(steps, 1)
+        rows = [(lr, keras_scalar(self.momentum, dtype)) for lr in lrs]
+        return ("nesterov" if self.nesterov else "momentum", (self._state(param)["momentum"],),
+                np.array(rows, dtype=dtype).reshape(steps, 2))
