@@ -141,7 +141,12 @@ def test_numba_stack_matches_numpy_stack(float64, monkeypatch, kernel, run, call
 
     calls = []
     compiled = getattr(numba_kernels, kernel)
-    monkeypatch.setattr(numba_kernels, kernel, lambda *args: calls.append(1) or compiled(*args))
+    bound = isinstance(compiled, numba_kernels.Bound)
+    targets = [(compiled, "serial"), (compiled, "parallel")] if bound else [(numba_kernels, kernel)]
+    for owner, name in targets:
+        function = getattr(owner, name)
+        monkeypatch.setattr(owner, name,
+                            lambda *args, function=function: calls.append(1) or function(*args))
     numba_run = run("numba")
     assert len(calls) == calls_expected
     numpy_run = run("numpy")
@@ -339,3 +344,46 @@ def test_compiled_loop_leaves_the_last_batch_in_the_caches(backend, float64):
     for a, b in zip(looped.layers, stepped.layers):
         np.testing.assert_array_equal(backend.to_numpy(a._cache[1]),
                                       backend.to_numpy(b._cache[1]))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+@pytest.mark.parametrize("batch_size", [4, 7])
+def test_row_blocks_sum_to_the_same_step(float64, monkeypatch, optimizer, batch_size):
+    """The Numba loop splits a batch into row blocks, one per thread, while BLAS runs on one
+    thread: the same arithmetic summed in another order. Blocks of 2 rows here (batch 7: three
+    blocks of 2, 2, 3 rows on three threads, two on two)."""
+    numba = pytest.importorskip("numba")
+    from nnlite.backend import numba_backend, numba_kernels
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one Numba thread: no row blocks")
+    whole = _fit_loop("numba", optimizer, batch_size=batch_size)
+    calls = []
+    parallel = numba_kernels.dense_stack_train.parallel
+    monkeypatch.setattr(numba_kernels.dense_stack_train, "parallel",
+                        lambda *args: calls.append(args[8].shape[0]) or parallel(*args))
+    monkeypatch.setattr(numba_backend, "MIN_BLOCK_ROWS", 2)
+    blocks = _fit_loop("numba", optimizer, batch_size=batch_size)
+    assert calls and all(count > 1 for count in calls)  # the layouts: one per block
+    assert blocks[2] == whole[2]
+    np.testing.assert_allclose(blocks[0]["loss"], whole[0]["loss"], rtol=1e-13)
+    for a, b in zip(blocks[1], whole[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+    # The layers' caches hold the whole last batch, as without blocks.
+    np.testing.assert_allclose(blocks[-1].layers[-1]._cache[1], whole[-1].layers[-1]._cache[1],
+                               rtol=1e-11, atol=1e-13)
+
+
+def test_row_blocks_float32(monkeypatch):
+    numba = pytest.importorskip("numba")
+    from nnlite.backend import numba_backend
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one Numba thread: no row blocks")
+    whole = _fit_loop("numba", "adam", batch_size=8, dtype="float32")
+    monkeypatch.setattr(numba_backend, "MIN_BLOCK_ROWS", 2)
+    blocks = _fit_loop("numba", "adam", batch_size=8, dtype="float32")
+    np.testing.assert_allclose(blocks[0]["loss"], whole[0]["loss"], rtol=1e-5)
+    for a, b in zip(blocks[1], whole[1]):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -99,6 +99,7 @@ TESTED = {
     "bias_activation_forward", "activation_backward_bias", "softmax_xent_sparse",
     "softmax_xent_dense", "sgd_update", "sgd_momentum_update", "adam_update", "rmsprop_update",
     "gather_rows", "matmul_blocked", "lstm_cell_forward", "lstm_cell_backward",
+    "dense_stack_train",
 }
 REQUIRED = TESTED - {"lstm_cell_forward", "lstm_cell_backward"}
 
@@ -110,7 +111,13 @@ def test_every_kernel_is_bound_three_ways_and_tested_here():
     for name, kernel in kernels.items():
         assert callable(kernel.py_func) and not hasattr(kernel.py_func, "py_func"), name
         assert kernel.serial.py_func is kernel.py_func, name
-        assert kernel.parallel.py_func is kernel.py_func, name
+        # The same code under its own name, so the two bindings have their own disk-cache
+        # entries (Numba keys the cache by name, not by compile options: sharing them, the
+        # serial binding loaded the parallel machine code or the other way round).
+        assert kernel.parallel.py_func.__code__ is kernel.py_func.__code__, name
+        if kernel.parallel is not kernel.serial:  # bind(parallel=False): one binding
+            files = {b._cache._cache_file._index_path for b in (kernel.serial, kernel.parallel)}
+            assert len(files) == 2, name
         assert kernel.__name__ == name and kernel.__doc__, name
 
 
@@ -663,7 +670,7 @@ def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
     from nnlite import config
     from nnlite.backend import numba_backend
 
-    monkeypatch.setattr(numba_backend, "LSTM_MIN_ROWS", min_rows)
+    monkeypatch.setattr(numba_backend, "MIN_BLOCK_ROWS", min_rows)
     monkeypatch.setattr(numba_backend, "GEMM_MIN_BLOCK", min_rows)
     monkeypatch.setattr(numba_backend, "SPLIT_GEMM_FLOPS", 0)
     # Blocks run only while BLAS is on one thread (as inside fit for small steps).
@@ -703,7 +710,7 @@ def test_numba_lstm_row_blocks_wait_for_single_threaded_blas(monkeypatch):
     from nnlite import config
     from nnlite.backend import numba_backend
 
-    monkeypatch.setattr(numba_backend, "LSTM_MIN_ROWS", 1)
+    monkeypatch.setattr(numba_backend, "MIN_BLOCK_ROWS", 1)
     backend = numba_backend.NumbaBackend()
     monkeypatch.setattr(backend, "_thread_pool", lambda k: pytest.fail("row blocks were used"))
     monkeypatch.setattr(config, "blas_single_threaded", lambda: False)
@@ -743,3 +750,63 @@ def test_numba_backend_splits_large_gemms_while_blas_is_single_threaded(dtype, s
         assert_close(out, np.matmul(a, b), dtype, f"split={single}")
         assert_close(backend.matmul(a.T.copy().T, b), np.matmul(a, b), dtype, "alloc")
         assert bool(pools) == single
+
+
+# ----------------------------------------------------------------------------------------------
+# The Dense-stack training loop (models/dense_stack.py; whole fits in tests/test_dense_stack.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def _stack_plan(dtype, batch):
+    import nnlite
+    from nnlite.models.dense_stack import DenseStack
+
+    nnlite.config.set_floatx(np.dtype(dtype).name)
+    try:
+        model = nnlite.Sequential([nnlite.Input((13,)), nnlite.layers.Dense(11, activation="tanh"),
+                                   nnlite.layers.Dense(4, activation="softmax")], seed=5)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        model._pack_parameters()
+        stack = DenseStack.of(model)
+    finally:
+        nnlite.config.set_floatx("float32")
+    plan = stack.plan(batch)
+    plan.x = np.empty((batch, 13), dtype)
+    return plan
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_stack_train(dtype):
+    """Three Adam steps of batch 8: each binding against the NumPy backend's loop, and the
+    parallel binding with two row blocks against one block."""
+    from nnlite.backend import numba_backend
+
+    r = rng(12)
+    data = r.standard_normal((30, 13)).astype(dtype)
+    labels = r.integers(0, 4, 30).astype(np.int64)
+    order = r.permutation(30)[:24].astype(np.int64)
+    plan = _stack_plan(dtype, 8)
+    scalars = np.array([[0.01, 0.1, 0.001, 1e-7]] * 3, dtype)
+    start = plan.params.copy()
+
+    def run(blocks, call):
+        plan.params[:] = start
+        m, v = np.zeros_like(start), np.zeros_like(start)
+        losses = np.full(3, np.nan, dtype)
+        layouts, part_grads = numba_backend._row_blocks(plan, blocks)
+        done = call(data, labels, order, plan.x, np.empty(8, np.int64), plan.params, plan.grads,
+                    plan.work, layouts, plan.codes, K.ADAM, m, v, scalars,
+                    np.finfo(dtype).tiny, losses, part_grads)
+        assert done == 3
+        return losses, plan.params.copy(), m, v
+
+    plan.params[:] = start
+    m, v = np.zeros_like(start), np.zeros_like(start)
+    losses = np.full(3, np.nan, dtype)
+    assert REF.dense_stack_train(data, labels, order, plan, ("adam", (m, v), scalars), losses) == 3
+    expected = (losses, plan.params.copy(), m, v)
+    for variant in VARIANTS:
+        for got, want in zip(run(1, getattr(K.dense_stack_train, variant)), expected):
+            assert_close(got, want, dtype, f"dense_stack_train {variant}")
+    for got, want in zip(run(2, K.dense_stack_train.parallel), expected):
+        assert_close(got, want, dtype, "dense_stack_train, two row blocks")

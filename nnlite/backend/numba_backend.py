@@ -42,8 +42,9 @@ from nnlite import config
 from nnlite.backend import numba_kernels as K
 from nnlite.backend.numpy_backend import Backend
 
-# Fewest batch rows per thread in the LSTM's time loops (see NumbaBackend._by_row_blocks).
-LSTM_MIN_ROWS = 32
+# Fewest batch rows per thread when a batch is split into row blocks (the LSTM's time loops,
+# NumbaBackend._by_row_blocks, and the Dense-stack loop, NumbaBackend.dense_stack_train).
+MIN_BLOCK_ROWS = 32
 # While BLAS is held to one thread (fit's policy for small steps), a single GEMM of at least
 # this many FLOPs (e.g. an LSTM's input projection or weight gradients over all time steps) is
 # split into blocks of at least GEMM_MIN_BLOCK rows or columns across Numba's threads.
@@ -173,7 +174,13 @@ class NumbaBackend(Backend):
 
     def dense_stack_train(self, data, targets, order, plan, updates, losses):
         """The steps as one compiled loop (:func:`numba_kernels.dense_stack_train`), under the
-        same conditions as :meth:`dense_stack_step`; the base class's loop otherwise."""
+        same conditions as :meth:`dense_stack_step`; the base class's loop otherwise.
+
+        While BLAS runs on one thread (fit's policy for small steps), a batch of at least
+        2 × MIN_BLOCK_ROWS rows is split into row blocks, one per Numba thread, each with its
+        own forward, backward and gradient (summed before the update): the same step, summed
+        in another order (float64 results agree to ~1e-15).
+        """
         rule, state, scalars = updates
         if (self.gemm != "blas" or plan.largest >= K.PARALLEL_THRESHOLD or rule not in K.RULES
                 or data.ndim != 2 or not data.flags.c_contiguous
@@ -181,11 +188,13 @@ class NumbaBackend(Backend):
             return super().dense_stack_train(data, targets, order, plan, updates, losses)
         none = plan.params[:0]
         state1, state2 = (tuple(state) + (none, none))[:2]
-        target_buffer = np.empty((plan.x.shape[0],) + targets.shape[1:], dtype=targets.dtype)
-        return K.dense_stack_train(data, targets, order, plan.x, target_buffer, plan.params,
-                                   plan.grads, plan.work, plan.layout, plan.codes,
-                                   K.RULES[rule], state1, state2, scalars, _tiny(plan.params),
-                                   losses)
+        batch = plan.x.shape[0]
+        target_buffer = np.empty((batch,) + targets.shape[1:], dtype=targets.dtype)
+        layouts, part_grads = _row_blocks(plan, _block_count(batch))
+        kernel = K.dense_stack_train.serial if len(layouts) == 1 else K.dense_stack_train.parallel
+        return kernel(data, targets, order, plan.x, target_buffer, plan.params, plan.grads,
+                      plan.work, layouts, plan.codes, K.RULES[rule], state1, state2, scalars,
+                      _tiny(plan.params), losses, part_grads)
 
     def sgd_update(self, param, grad, lr, momentum=None, velocity=None, nesterov=False):
         p, g = _flat(param), _flat(grad)
@@ -263,9 +272,10 @@ class NumbaBackend(Backend):
                                    codes)
                 # ... and the loop over steps (Adam; the SGD rules share its signature).
                 m, v = np.zeros(16, dt), np.zeros(16, dt)
-                K.dense_stack_train(x, target, np.arange(2), x.copy(), target.copy(), params,
-                                    np.zeros(16, dt), work, layout, codes, K.ADAM, m, v,
-                                    np.zeros((1, 4), dt), one, np.zeros(1, dt))
+                grads = np.zeros(16, dt)
+                K.dense_stack_train(1, x, target, np.arange(2), x.copy(), target.copy(), params,
+                                    grads, work, layout[None], codes, K.ADAM, m, v,
+                                    np.zeros((1, 4), dt), one, np.zeros(1, dt), grads[None])
             # The LSTM cell with Keras's default activations (tanh, sigmoid).
             tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
             gates, hz, c_prev = np.zeros((2, 8), dt), np.zeros((2, 8), dt), np.zeros((2, 2), dt)
@@ -328,14 +338,10 @@ class NumbaBackend(Backend):
         The LSTM's rows never mix in the recurrence, so each thread walks all T steps for its
         rows (its own small GEMMs on one BLAS thread, its own cells) and the threads meet once
         per walk; a large GEMM splits into independent row or column blocks. Blocks keep at
-        least ``min_rows`` (default LSTM_MIN_ROWS) rows: a thinner GEMM wastes more than the
-        second core gives. Only while BLAS runs on one thread (``config.blas_single_threaded``);
+        least ``min_rows`` rows, only while BLAS runs on one thread (:func:`_block_count`);
         otherwise one block, and BLAS threads each GEMM itself.
         """
-        min_rows = LSTM_MIN_ROWS if min_rows is None else min_rows
-        # Each block calls BLAS: only while BLAS is on one thread, or the cores are oversold.
-        threads = numba.get_num_threads() if config.blas_single_threaded() else 1
-        blocks = max(1, min(threads, n // min_rows))
+        blocks = _block_count(n, min_rows)
         if blocks == 1:
             kernel(*args, 0, n)
             return
@@ -380,6 +386,35 @@ class NumbaBackend(Backend):
                                                   dz, activation, recurrent_activation)
         self._by_row_blocks(K.lstm_backward_sequence, gates.shape[1], dy, gates,
                             recurrent_kernel, c, act_c, dh, dc, dz, *codes)
+
+
+def _block_count(n, min_rows=None):
+    """Row blocks for n rows: one per Numba thread, each of at least ``min_rows`` rows
+    (default MIN_BLOCK_ROWS: a thinner GEMM wastes more than another core gives), and only
+    while BLAS runs on one thread (``config.blas_single_threaded``): each block calls BLAS, so
+    otherwise the cores would be oversold."""
+    min_rows = MIN_BLOCK_ROWS if min_rows is None else min_rows
+    threads = numba.get_num_threads() if config.blas_single_threaded() else 1
+    return max(1, min(threads, n // min_rows))
+
+
+def _row_blocks(plan, blocks):
+    """The Dense-stack layout moved to each of ``blocks`` row blocks, (blocks, L, 8), and a
+    gradient vector per block (the model's own when there is one block); kept on the plan."""
+    cached = plan.blocks.get(blocks)
+    if cached is None:
+        batch = plan.x.shape[0]
+        layouts = np.repeat(plan.layout[None], blocks, axis=0)
+        for h in range(1, blocks):
+            first = h * batch // blocks
+            for column, width in ((K.Z, K.D_OUT), (K.Y, K.D_OUT), (K.DZ, K.D_OUT),
+                                  (K.DX, K.D_IN)):
+                at = layouts[h, :, column]
+                layouts[h, :, column] = np.where(at >= 0, at + first * plan.layout[:, width], at)
+        grads = (plan.grads[None] if blocks == 1
+                 else np.empty((blocks, plan.grads.size), dtype=plan.grads.dtype))
+        cached = plan.blocks[blocks] = (layouts, grads)
+    return cached
 
 
 def _matmul_rows(a, b, out, i0, i1):

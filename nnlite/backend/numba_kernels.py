@@ -19,6 +19,7 @@ Importing this module imports Numba; nnlite imports it only when the Numba backe
 from __future__ import annotations
 
 import math
+import types
 
 import numba
 import numpy as np
@@ -42,13 +43,28 @@ class Bound:
         # Python's model adds a check per division that keeps LLVM from vectorising the loop.
         options = {"cache": cache, "error_model": "numpy"}
         self.serial = numba.njit(**options)(fn)
-        self.parallel = numba.njit(parallel=True, **options)(fn) if parallel else self.serial
+        self.parallel = (numba.njit(parallel=True, **options)(_twin(fn, "parallel")) if parallel
+                         else self.serial)
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
 
     def __call__(self, size, *args):
         kernel = self.parallel if size >= PARALLEL_THRESHOLD else self.serial
         return kernel(*args)
+
+
+def _twin(fn, suffix: str):
+    """``fn`` under another qualified name.
+
+    Numba's disk cache keys a function by module, qualified name and signature, not by compile
+    options: without this, the serial and the parallel binding of one loop would share cache
+    entries, and whichever was compiled first would be loaded for both.
+    """
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    twin.__qualname__ = f"{fn.__qualname__}.{suffix}"
+    twin.__doc__ = fn.__doc__
+    return twin
 
 
 def bind(parallel: bool = True):
@@ -418,38 +434,76 @@ sgd_momentum_update_serial = sgd_momentum_update.serial
 adam_update_serial = adam_update.serial
 
 
-@numba.njit(cache=True, error_model="numpy")
-def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layout, codes,
-                      rule, state1, state2, scalars, tiny, losses):
+@bind()
+def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts, codes,
+                      rule, state1, state2, scalars, tiny, losses, part_grads):
     """Steps s = 0, 1, … of a Dense stack, each one batch plus its optimizer update.
 
     Shapes:
         data: (N, D_in)   targets: (N,) labels or (N, C) one-hot   order: (S·B,) row indices
         xb: (B, D_in) and tb: (B,) or (B, C) batch buffers   scalars: (S, k)   losses: (S,)
+        layouts: (P, L, 8)   part_grads: (P, len(params))
     Step s trains on rows ``order[s·B:(s+1)·B]`` (gathered into xb, tb with a cast to their
     dtypes), runs :func:`dense_stack_step`, writes its loss to ``losses[s]`` and updates
     ``params`` by ``rule`` (:data:`RULES`) with the state vectors and ``scalars[s]``. Stops after
     the first step whose loss is not finite, as ``fit`` does; returns the number of steps run.
+
+    Row blocks (the parallel binding, P > 1): block h, rows r_h … r_{h+1} of the batch (n_h of
+    them), runs its own forward and backward on its own thread, with ``layouts[h]`` (the batch's
+    layout moved to its rows, so z and y of the whole batch land in ``work`` as without blocks)
+    and its own gradient vector ``part_grads[h]``; then each thread takes a slice of the
+    parameters:  g = Σ_h (n_h / B) · part_grads[h]  and the update. The loss is Σ_h (n_h / B) ·
+    loss_h. With P = 1, ``part_grads[0]`` is ``grads`` and nothing is combined.
     """
     batch = xb.shape[0]
+    parts = layouts.shape[0]
+    size = params.size
+    part_loss = np.zeros(parts)
     for s in range(losses.size):
         index = order[s * batch:(s + 1) * batch]
-        gather_rows_serial(data, index, xb)
-        for b in range(batch):
-            tb[b] = targets[index[b]]
-        loss = dense_stack_step(xb, tb, params, grads, work, layout, codes)
+        for h in prange(parts):
+            r0, r1 = h * batch // parts, (h + 1) * batch // parts
+            gather_rows_serial(data, index[r0:r1], xb[r0:r1])
+            for b in range(r0, r1):
+                tb[b] = targets[index[b]]
+            part_loss[h] = dense_stack_step(xb[r0:r1], tb[r0:r1], params, part_grads[h], work,
+                                            layouts[h], codes)
+        loss = part_loss[0]
+        if parts > 1:
+            loss = 0.0
+            for h in range(parts):
+                loss += part_loss[h] * ((h + 1) * batch // parts - h * batch // parts) / batch
         losses[s] = loss
         k = scalars[s]
-        if rule == ADAM:
-            adam_update_serial(params, grads, state1, state2, k[0], k[1], k[2], k[3], tiny)
-        elif rule == SGD:
-            sgd_update_serial(params, grads, k[0])
-        else:
-            sgd_momentum_update_serial(params, grads, state1, k[0], k[1], rule == NESTEROV,
-                                       tiny)
+        for c in prange(parts):
+            lo, hi = c * size // parts, (c + 1) * size // parts
+            if parts > 1:
+                _combine(part_grads, batch, grads, lo, hi)
+            p, g = params[lo:hi], grads[lo:hi]
+            if rule == ADAM:
+                adam_update_serial(p, g, state1[lo:hi], state2[lo:hi], k[0], k[1], k[2], k[3],
+                                   tiny)
+            elif rule == SGD:
+                sgd_update_serial(p, g, k[0])
+            else:
+                sgd_momentum_update_serial(p, g, state1[lo:hi], k[0], k[1], rule == NESTEROV,
+                                           tiny)
         if not np.isfinite(losses[s]):
             return s + 1
     return losses.size
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _combine(part_grads, batch, grads, lo, hi):
+    """``grads[lo:hi] = Σ_h (n_h / B) · part_grads[h, lo:hi]`` for P equal-as-can-be blocks."""
+    parts = part_grads.shape[0]
+    for h in range(parts):
+        weight = grads.dtype.type(((h + 1) * batch // parts - h * batch // parts) / batch)
+        for i in range(lo, hi):
+            if h == 0:
+                grads[i] = part_grads[0, i] * weight
+            else:
+                grads[i] += part_grads[h, i] * weight
 
 
 @bind()

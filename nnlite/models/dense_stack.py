@@ -20,7 +20,7 @@ step's input and outputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,6 +67,7 @@ class StackPlan:
         largest: the most elements of one layer's z (n × the widest D_out).
         x: (n, D_in) buffer for the batches of a compiled loop (``DenseStack.train``; made on
             its first use).
+        blocks: what a backend keeps for running the batch in row blocks, by block count.
     """
 
     params: object
@@ -78,6 +79,7 @@ class StackPlan:
     outputs: list
     largest: int
     x: object = None
+    blocks: dict = field(default_factory=dict)
 
 
 class DenseStack:
