@@ -792,21 +792,27 @@ def test_small_steps_run_blas_on_one_thread(width, limited, mnist_small):
         return max(info["num_threads"] for info in threadpoolctl.threadpool_info()
                    if info["user_api"] == "blas")
 
+    def state():  # BLAS threads, and whether Numba kernels may run in parallel
+        return blas_threads(), nnlite.config.parallel_kernels()
+
     class Probe(cb.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            seen["fit"] = blas_threads()
+            seen["fit"] = state()
 
         def on_test_batch_end(self, batch, logs=None):
-            seen["evaluate"] = blas_threads()
+            seen["evaluate"] = state()
 
         def on_predict_batch_end(self, batch, logs=None):
-            seen["predict"] = blas_threads()
+            seen["predict"] = state()
 
-    outside = blas_threads()
+    outside = state()
+    assert outside[1]
     model = compiled(hidden=(width,))
     model.fit(x[:64], y[:64], batch_size=32, verbose=0, callbacks=[Probe()])
     model.evaluate(x[:64], y[:64], batch_size=32, verbose=0, callbacks=[Probe()])
     model.predict(x[:64], batch_size=32, verbose=0, callbacks=[Probe()])
-    expected = 1 if limited else outside
+    # Large steps keep BLAS's threads, and the element-wise kernels then stay serial (their
+    # parallel threads would spin on the cores BLAS needs).
+    expected = (1, True) if limited else (outside[0], False)
     assert seen == {"fit": expected, "evaluate": expected, "predict": expected}
-    assert blas_threads() == outside
+    assert state() == outside

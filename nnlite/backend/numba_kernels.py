@@ -4,7 +4,9 @@ Every kernel here is first written as an ordinary Python function over NumPy arr
 read (and tested through ``.py_func``) as plain code; :func:`bind` compiles it with ``njit`` once
 serially and once with ``parallel=True``, where ``prange`` splits the outer loop over threads.
 Small problems run the serial binding (a parallel launch costs microseconds), large ones the
-parallel one. All kernels write into preallocated ``out`` arrays and allocate nothing.
+parallel one, except inside a training loop whose GEMMs run on several BLAS threads
+(``config.parallel_kernels``). All kernels write into preallocated ``out`` arrays and allocate
+nothing.
 
 Constants are typed from the arrays (``zero = z.dtype.type(0)``): a bare ``0`` or ``1`` would
 make Numba promote float32 arithmetic to float64, which is slower (no float32 SIMD) and not
@@ -24,6 +26,8 @@ import types
 import numba
 import numpy as np
 from numba import prange
+
+from nnlite import config
 
 LINEAR, RELU, SIGMOID, TANH, SOFTMAX = 0, 1, 2, 3, 4
 CODES = {"linear": LINEAR, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH, "softmax": SOFTMAX}
@@ -49,8 +53,8 @@ class Bound:
         self.__name__ = fn.__name__
 
     def __call__(self, size, *args):
-        kernel = self.parallel if size >= PARALLEL_THRESHOLD else self.serial
-        return kernel(*args)
+        parallel = size >= PARALLEL_THRESHOLD and config.parallel_kernels()
+        return (self.parallel if parallel else self.serial)(*args)
 
 
 def _twin(fn, suffix: str):
