@@ -505,7 +505,9 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             if isinstance(cb, History) or (isinstance(cb, ProgbarLogger) and cb.verbose != 1):
                 continue
-            if any(getattr(type(cb), hook) is not getattr(Callback, hook) for hook in hooks):
+            # A hook overridden by the class, or set on the instance (LambdaCallback).
+            if any(getattr(getattr(cb, hook), "__func__", None) is not getattr(Callback, hook)
+                   for hook in hooks):
                 return True
         return False
 

@@ -84,6 +84,17 @@ CASES = {
 }
 
 
+class _EveryBatch(nnlite.callbacks.Callback):
+    """A callback with a per-batch hook: ``fit`` must then step in Python."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
 def _train(case, backend_name, use_stack, batch_size, dtype):
     nnlite.set_backend(backend_name)
     spec = dict(CASES[case])
@@ -100,7 +111,9 @@ def _train(case, backend_name, use_stack, batch_size, dtype):
     y = np.eye(5, dtype=dtype)[labels] if "categorical_crossentropy" == loss else labels
     model = _compiled(_model(**spec), loss, make_optimizer())
     model._use_stack = use_stack
-    history = model.fit(x, y, batch_size=batch_size, epochs=3, verbose=0)
+    # A per-batch callback: one step at a time (the compiled loop is compared with this below).
+    history = model.fit(x, y, batch_size=batch_size, epochs=3, verbose=0,
+                        callbacks=[_EveryBatch()])
     assert (model._stack is not None) == use_stack
     return history.history, model.get_weights()
 
@@ -224,17 +237,6 @@ def test_plans_are_kept_for_a_few_batch_sizes():
 # -- many steps in one call (DenseStack.train, backend.dense_stack_train) ----------------------
 
 
-class _EveryBatch(nnlite.callbacks.Callback):
-    """A callback with a per-batch hook: ``fit`` must then step in Python."""
-
-    def __init__(self):
-        super().__init__()
-        self.batches = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches += 1
-
-
 LOOP_OPTIMIZERS = {
     "adam": lambda: optimizers.Adam(0.01),
     "adam-schedule": lambda: optimizers.Adam(lambda step: 0.02 / (1 + step)),
@@ -245,8 +247,8 @@ LOOP_OPTIMIZERS = {
 
 
 def _fit_loop(backend_name, optimizer, case="sparse", batch_size=5, dtype="float64",
-              callbacks=(), lr_scale=1.0, epochs=3):
-    """Train without metrics; returns (history, weights, iterations, backend loop calls)."""
+              callbacks=(), lr_scale=1.0, epochs=3, metrics=()):
+    """Train; returns (history, weights, iterations, backend loop calls, model)."""
     nnlite.set_backend(backend_name)
     backend = nnlite.backend.get_backend()
     spec = dict(CASES[case])
@@ -262,7 +264,7 @@ def _fit_loop(backend_name, optimizer, case="sparse", batch_size=5, dtype="float
     y = np.eye(5, dtype=dtype)[labels] if loss == "categorical_crossentropy" else labels
     model = _model(**spec)
     make = LOOP_OPTIMIZERS[optimizer] if isinstance(optimizer, str) else optimizer
-    model.compile(optimizer=make(), loss=loss)
+    model.compile(optimizer=make(), loss=loss, metrics=list(metrics))
     calls = []
     original = type(backend).dense_stack_train
     type(backend).dense_stack_train = lambda self, *args: calls.append(1) or original(self, *args)
@@ -320,10 +322,15 @@ def test_what_keeps_fit_stepping_in_python(backend):
     """Per-batch callbacks, metrics and optimizers without a compiled form; EarlyStopping and
     a one-line-per-epoch log do not."""
     assert _fit_loop(backend.name, "adam", callbacks=[_EveryBatch()])[3] == 0
+    per_batch = nnlite.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: None)
+    assert _fit_loop(backend.name, "adam", callbacks=[per_batch])[3] == 0
+    per_epoch = nnlite.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None)
     early = nnlite.callbacks.EarlyStopping(monitor="loss", patience=5)
-    assert _fit_loop(backend.name, "adam", callbacks=[early])[3] == 3
+    assert _fit_loop(backend.name, "adam", callbacks=[early, per_epoch])[3] == 3
     nnlite.set_backend(backend.name)
-    model = _compiled(_model())  # with metrics=["accuracy"]
+    model = _compiled(_model())
+    model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=[nnlite.metrics.MeanMetricWrapper(lambda t, p: p[:, 0], "first")])
     x, y = np.zeros((20, 12), config.floatx()), np.zeros(20, np.int64)
     model.fit(x, y, batch_size=5, verbose=0)
     assert model._stack.plan(5).x is None  # no loop ran: its input buffer was never made
@@ -333,6 +340,43 @@ def test_what_keeps_fit_stepping_in_python(backend):
     model.compile(optimizer=optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=5, verbose=2)
     assert model._stack.plan(5).x is not None
+
+
+@pytest.mark.parametrize("case, metrics", [
+    ("sparse", ["accuracy"]),
+    ("sparse", ["acc", nnlite.metrics.SparseCategoricalAccuracy()]),
+    ("onehot", ["accuracy", "categorical_accuracy"]),
+    ("logits", ["accuracy"]),  # accuracy of the logits, as Keras computes it
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_compiled_loop_counts_accuracy(backend, case, metrics, dtype):
+    looped = _fit_loop(backend.name, "adam", case, batch_size=4, dtype=dtype, metrics=metrics)
+    stepped = _fit_loop(backend.name, "adam", case, batch_size=4, dtype=dtype, metrics=metrics,
+                        callbacks=[_EveryBatch()])
+    assert looped[3] == 3 and stepped[3] == 0
+    assert looped[0] == stepped[0]  # the loss and every accuracy, epoch by epoch
+    assert len(looped[0]) == 1 + len(metrics)
+
+
+def test_keras_argmax_matches_the_metrics():
+    """The compiled loop's argmax ranks as nnlite.metrics (Keras on TF): -0.0 below +0.0,
+    the first maximum wins, NaN first of all."""
+    pytest.importorskip("numba")
+    from nnlite import metrics
+    from nnlite.backend import numba_kernels
+
+    rows = np.array([[-0.0, 0.0, -1.0], [0.0, -0.0, 0.0], [2.0, 2.0, 1.0], [-3.0, -0.0, -0.0],
+                     [1.0, np.nan, np.nan], [np.nan, 5.0, 1.0], [-2.0, -1.0, -3.0],
+                     [-0.0, -0.0, -0.0]])
+    for dtype in (np.float32, np.float64):
+        scores = rows.astype(dtype)
+        expected = metrics._argmax(scores)
+        got = [numba_kernels.keras_argmax(row) for row in scores]
+        np.testing.assert_array_equal(got, expected)
+        labels = np.array([1, 0, 0, 1, 1, 0, 1, 0])
+        assert numba_kernels.count_correct(scores, labels) == int((expected == labels).sum())
+        onehot = np.eye(3, dtype=dtype)[labels]
+        assert numba_kernels.count_correct(scores, onehot) == int((expected == labels).sum())
 
 
 def test_compiled_loop_leaves_the_last_batch_in_the_caches(backend, float64):
@@ -357,16 +401,17 @@ def test_row_blocks_sum_to_the_same_step(float64, monkeypatch, optimizer, batch_
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("one Numba thread: no row blocks")
-    whole = _fit_loop("numba", optimizer, batch_size=batch_size)
+    whole = _fit_loop("numba", optimizer, batch_size=batch_size, metrics=["accuracy"])
     calls = []
     parallel = numba_kernels.dense_stack_train.parallel
     monkeypatch.setattr(numba_kernels.dense_stack_train, "parallel",
                         lambda *args: calls.append(args[8].shape[0]) or parallel(*args))
     monkeypatch.setattr(numba_backend, "MIN_BLOCK_ROWS", 2)
-    blocks = _fit_loop("numba", optimizer, batch_size=batch_size)
+    blocks = _fit_loop("numba", optimizer, batch_size=batch_size, metrics=["accuracy"])
     assert calls and all(count > 1 for count in calls)  # the layouts: one per block
     assert blocks[2] == whole[2]
     np.testing.assert_allclose(blocks[0]["loss"], whole[0]["loss"], rtol=1e-13)
+    assert blocks[0]["accuracy"] == whole[0]["accuracy"]  # each block counts its rows
     for a, b in zip(blocks[1], whole[1]):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
     # The layers' caches hold the whole last batch, as without blocks.

@@ -777,8 +777,9 @@ def _stack_plan(dtype, batch):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_stack_train(dtype):
-    """Three Adam steps of batch 8: each binding against the NumPy backend's loop, and the
-    parallel binding with two row blocks against one block."""
+    """Three Adam steps of batch 8 (losses, parameters, moments, right predictions): each
+    binding against the NumPy backend's loop, and the parallel binding with two row blocks
+    against one block."""
     from nnlite.backend import numba_backend
 
     r = rng(12)
@@ -794,17 +795,19 @@ def test_dense_stack_train(dtype):
         m, v = np.zeros_like(start), np.zeros_like(start)
         losses = np.full(3, np.nan, dtype)
         layouts, part_grads = numba_backend._row_blocks(plan, blocks)
+        correct = np.full(3, -1, np.int64)
         done = call(data, labels, order, plan.x, np.empty(8, np.int64), plan.params, plan.grads,
                     plan.work, layouts, plan.codes, K.ADAM, m, v, scalars,
-                    np.finfo(dtype).tiny, losses, part_grads)
+                    np.finfo(dtype).tiny, losses, part_grads, correct)
         assert done == 3
-        return losses, plan.params.copy(), m, v
+        return losses, plan.params.copy(), m, v, correct
 
     plan.params[:] = start
     m, v = np.zeros_like(start), np.zeros_like(start)
-    losses = np.full(3, np.nan, dtype)
-    assert REF.dense_stack_train(data, labels, order, plan, ("adam", (m, v), scalars), losses) == 3
-    expected = (losses, plan.params.copy(), m, v)
+    losses, correct = np.full(3, np.nan, dtype), np.full(3, -1, np.int64)
+    assert REF.dense_stack_train(data, labels, order, plan, ("adam", (m, v), scalars), losses,
+                                 correct) == 3
+    expected = (losses, plan.params.copy(), m, v, correct)
     for variant in VARIANTS:
         for got, want in zip(run(1, getattr(K.dense_stack_train, variant)), expected):
             assert_close(got, want, dtype, f"dense_stack_train {variant}")

@@ -172,7 +172,7 @@ class NumbaBackend(Backend):
                                   plan.codes)
         return x.dtype.type(loss), plan.outputs
 
-    def dense_stack_train(self, data, targets, order, plan, updates, losses):
+    def dense_stack_train(self, data, targets, order, plan, updates, losses, correct=None):
         """The steps as one compiled loop (:func:`numba_kernels.dense_stack_train`), under the
         same conditions as :meth:`dense_stack_step`; the base class's loop otherwise.
 
@@ -185,7 +185,8 @@ class NumbaBackend(Backend):
         if (self.gemm != "blas" or plan.largest >= K.PARALLEL_THRESHOLD or rule not in K.RULES
                 or data.ndim != 2 or not data.flags.c_contiguous
                 or not targets.flags.c_contiguous or plan.x.dtype != plan.work.dtype):
-            return super().dense_stack_train(data, targets, order, plan, updates, losses)
+            return super().dense_stack_train(data, targets, order, plan, updates, losses,
+                                             correct)
         none = plan.params[:0]
         state1, state2 = (tuple(state) + (none, none))[:2]
         batch = plan.x.shape[0]
@@ -194,7 +195,8 @@ class NumbaBackend(Backend):
         kernel = K.dense_stack_train.serial if len(layouts) == 1 else K.dense_stack_train.parallel
         return kernel(data, targets, order, plan.x, target_buffer, plan.params, plan.grads,
                       plan.work, layouts, plan.codes, K.RULES[rule], state1, state2, scalars,
-                      _tiny(plan.params), losses, part_grads)
+                      _tiny(plan.params), losses, part_grads,
+                      np.empty(0, np.int64) if correct is None else correct)
 
     def sgd_update(self, param, grad, lr, momentum=None, velocity=None, nesterov=False):
         p, g = _flat(param), _flat(grad)
@@ -275,7 +277,8 @@ class NumbaBackend(Backend):
                 grads = np.zeros(16, dt)
                 K.dense_stack_train(1, x, target, np.arange(2), x.copy(), target.copy(), params,
                                     grads, work, layout[None], codes, K.ADAM, m, v,
-                                    np.zeros((1, 4), dt), one, np.zeros(1, dt), grads[None])
+                                    np.zeros((1, 4), dt), one, np.zeros(1, dt), grads[None],
+                                    np.zeros(1, np.int64))
             # The LSTM cell with Keras's default activations (tanh, sigmoid).
             tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
             gates, hz, c_prev = np.zeros((2, 8), dt), np.zeros((2, 8), dt), np.zeros((2, 2), dt)

@@ -440,15 +440,17 @@ adam_update_serial = adam_update.serial
 
 @bind()
 def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts, codes,
-                      rule, state1, state2, scalars, tiny, losses, part_grads):
+                      rule, state1, state2, scalars, tiny, losses, part_grads, correct):
     """Steps s = 0, 1, … of a Dense stack, each one batch plus its optimizer update.
 
     Shapes:
         data: (N, D_in)   targets: (N,) labels or (N, C) one-hot   order: (S·B,) row indices
         xb: (B, D_in) and tb: (B,) or (B, C) batch buffers   scalars: (S, k)   losses: (S,)
-        layouts: (P, L, 8)   part_grads: (P, len(params))
+        layouts: (P, L, 8)   part_grads: (P, len(params))   correct: (S,) or (0,)
     Step s trains on rows ``order[s·B:(s+1)·B]`` (gathered into xb, tb with a cast to their
-    dtypes), runs :func:`dense_stack_step`, writes its loss to ``losses[s]`` and updates
+    dtypes), runs :func:`dense_stack_step`, writes its loss to ``losses[s]`` (and, when
+    ``correct`` is not empty, how many of the batch's predictions were right to ``correct[s]``,
+    as :func:`count_correct`), and updates
     ``params`` by ``rule`` (:data:`RULES`) with the state vectors and ``scalars[s]``. Stops after
     the first step whose loss is not finite, as ``fit`` does; returns the number of steps run.
 
@@ -463,6 +465,8 @@ def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts
     parts = layouts.shape[0]
     size = params.size
     part_loss = np.zeros(parts)
+    part_correct = np.zeros(parts, np.int64)
+    last = layouts.shape[1] - 1
     for s in range(losses.size):
         index = order[s * batch:(s + 1) * batch]
         for h in prange(parts):
@@ -472,12 +476,17 @@ def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts
                 tb[b] = targets[index[b]]
             part_loss[h] = dense_stack_step(xb[r0:r1], tb[r0:r1], params, part_grads[h], work,
                                             layouts[h], codes)
+            if correct.size:
+                scores = _matrix(work, layouts[h, last, Y], r1 - r0, layouts[h, last, D_OUT])
+                part_correct[h] = count_correct(scores, tb[r0:r1])
         loss = part_loss[0]
         if parts > 1:
             loss = 0.0
             for h in range(parts):
                 loss += part_loss[h] * ((h + 1) * batch // parts - h * batch // parts) / batch
         losses[s] = loss
+        if correct.size:
+            correct[s] = part_correct.sum()
         k = scalars[s]
         for c in prange(parts):
             lo, hi = c * size // parts, (c + 1) * size // parts
@@ -495,6 +504,60 @@ def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts
         if not np.isfinite(losses[s]):
             return s + 1
     return losses.size
+
+
+@numba.njit(cache=True, error_model="numpy")
+def keras_argmax(row):
+    """Index of the largest entry of ``row`` as Keras on TensorFlow ranks them (see
+    ``nnlite.metrics._argmax``): -0.0 counts as smaller than +0.0, the first maximum wins, and
+    as NumPy's argmax, the first NaN wins over everything."""
+    tiny = np.finfo(row.dtype).tiny
+    best, top = 0, row[0]
+    if top == 0 and np.signbit(top):
+        top = -tiny
+    for j in range(1, row.size):
+        if top != top:  # NaN
+            break
+        v = row[j]
+        if v == 0 and np.signbit(v):
+            v = -tiny
+        if v > top or v != v:
+            best, top = j, v
+    return best
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _correct_labels(scores, labels):
+    count = 0
+    for b in range(scores.shape[0]):
+        count += keras_argmax(scores[b]) == labels[b]
+    return count
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _correct_onehot(scores, target):
+    count = 0
+    for b in range(scores.shape[0]):
+        count += keras_argmax(scores[b]) == keras_argmax(target[b])
+    return count
+
+
+def count_correct(scores, target):
+    """Rows whose :func:`keras_argmax` is the label (``target`` (N,)) or the one-hot row's
+    (``target`` (N, C)): the sum of Keras's sparse or categorical accuracy over the batch.
+    (In compiled code the choice is made once, when the caller is typed.)"""
+    kernel = _correct_labels if target.ndim == 1 else _correct_onehot
+    return kernel.py_func(scores, target)
+
+
+@numba.extending.overload(count_correct, jit_options={"error_model": "numpy"})
+def _count_correct_numba(scores, target):
+    kernel = _correct_labels if target.ndim == 1 else _correct_onehot
+
+    def impl(scores, target):
+        return kernel(scores, target)
+
+    return impl
 
 
 @numba.njit(cache=True, error_model="numpy")

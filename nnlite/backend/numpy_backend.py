@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy
 
-from nnlite import activations
+from nnlite import activations, metrics
 from nnlite import functional as F
 
 
@@ -139,19 +139,20 @@ class Backend:
             activation = plan.layers[index - 1].activation
         return loss, outputs
 
-    def dense_stack_train(self, data, targets, order, plan, updates, losses):
+    def dense_stack_train(self, data, targets, order, plan, updates, losses, correct=None):
         """Many steps of a Dense stack, each one batch and its optimizer update: what ``fit``
         runs when nothing reads the model between two steps.
 
         Step s trains on rows ``order[s·B:(s+1)·B]`` of ``data`` and ``targets`` (B: the plan's
         batch size; the batch is gathered into ``plan.x``) with :meth:`dense_stack_step`, writes
-        its loss to ``losses[s]``, then applies ``updates = (rule, state, scalars)`` to the
-        packed parameters with ``scalars[s]`` (see ``Optimizer.compiled_updates``). Stops after
-        the first step whose loss is not finite, as ``fit`` does.
+        its loss to ``losses[s]`` (and to ``correct[s]``, when given, how many predictions
+        Keras's accuracy counts as right), then applies ``updates = (rule, state, scalars)`` to
+        the packed parameters with ``scalars[s]`` (see ``Optimizer.compiled_updates``). Stops
+        after the first step whose loss is not finite, as ``fit`` does.
 
         Shapes:
             data: (N, D_in)   targets: (N,) labels or (N, C) one-hot   order: (S·B,)
-            scalars: (S, k)   losses: (S,)
+            scalars: (S, k)   losses, correct: (S,)
         Returns:
             the number of steps run.
         """
@@ -160,7 +161,12 @@ class Backend:
         for s in range(losses.size):
             index = order[s * batch:(s + 1) * batch]
             x = self.gather(data, index, plan.x.dtype, out=plan.x)
-            losses[s], _ = self.dense_stack_step(x, targets[index], plan)
+            target = targets[index]
+            losses[s], outputs = self.dense_stack_step(x, target, plan)
+            if correct is not None:
+                accuracy = (metrics.sparse_categorical_accuracy if target.ndim == 1
+                            else metrics.categorical_accuracy)
+                correct[s] = accuracy(target, outputs[-1][1]).sum()
             k = scalars[s]
             if rule == "adam":
                 self.adam_update(plan.params, plan.grads, *state, *k)

@@ -214,16 +214,31 @@ class DenseStack:
             return None
         return np.ascontiguousarray(y.reshape(n, classes), dtype=self.params.dtype)
 
-    def train(self, x, targets, order, batch_size: int, optimizer):
+    def counts(self, metrics) -> bool:
+        """Whether a compiled loop can keep ``metrics``: each is Keras's accuracy of a
+        categorical output ("accuracy", or the sparse or categorical one that fits the loss),
+        which the loop counts as the number of right predictions per step."""
+        from nnlite import metrics as metrics_module
+
+        sparse = getattr(self.loss, "sparse", False)
+        kinds = (metrics_module.Accuracy,
+                 metrics_module.SparseCategoricalAccuracy if sparse
+                 else metrics_module.CategoricalAccuracy)
+        classes = self.layers[-1].params["kernel"].shape[1]
+        return classes > 1 and all(type(metric) in kinds for metric in metrics)
+
+    def train(self, x, targets, order, batch_size: int, optimizer, count: bool = False):
         """Steps over full batches, ``order[s·B:(s+1)·B]`` for step s, with the optimizer's
         updates, in one backend call (``backend.dense_stack_train``).
 
         Args:
             x: all the inputs (N, ...), C-ordered.   targets: from :meth:`targets`.
             order: row indices, a multiple of ``batch_size`` long.
+            count: also count each step's right predictions (see :meth:`counts`).
         Returns:
-            the losses of the steps run (fewer than asked when one was not finite), or None
-            when the optimizer has no compiled form (nothing was run).
+            ``(losses, correct)`` of the steps run (fewer than asked when a loss was not
+            finite; ``correct`` None unless counted), or None when the optimizer has no
+            compiled form (nothing was run).
         """
         steps = order.size // batch_size
         updates = optimizer.compiled_updates(self.params, steps)
@@ -234,12 +249,13 @@ class DenseStack:
             plan.x = np.empty((batch_size, self.layers[0].params["kernel"].shape[0]),
                               dtype=self.params.dtype)
         losses = np.empty(steps, dtype=self.params.dtype)
+        correct = np.zeros(steps, dtype=np.int64) if count else None
         done = get_backend().dense_stack_train(x.reshape(x.shape[0], -1), targets, order, plan,
-                                               updates, losses)
+                                               updates, losses, correct)
         optimizer.iterations += done
         if done:
             self._keep(plan.x, plan.outputs)
-        return losses[:done]
+        return losses[:done], None if correct is None else correct[:done]
 
     def _keep(self, x, outputs):
         """Leave each layer's cache as its own forward pass does; returns the last output."""

@@ -61,11 +61,16 @@ class _RunningMeans:
             self.metric_sums[i] = _accumulate(self.metric_sums[i],
                                               metric.values(y_true, y_pred).sum())
 
-    def update_losses(self, losses, n: int) -> None:
-        """:meth:`update` for steps of ``n`` samples each with these losses and no metrics."""
-        for loss in losses:
+    def update_steps(self, losses, n: int, correct=None) -> None:
+        """:meth:`update` for steps of ``n`` samples each, from their losses and, for accuracy
+        metrics, their counts of right predictions (DenseStack.train)."""
+        for step, loss in enumerate(losses):
             self.count += n
             self.loss_sum = _accumulate(self.loss_sum, loss * n)
+            for i in range(len(self.metrics)):
+                # The sum Keras's accuracy would give: ones and zeros in the loss's dtype.
+                self.metric_sums[i] = _accumulate(self.metric_sums[i],
+                                                  loss.dtype.type(correct[step]))
 
     def result(self) -> dict:
         count = max(self.count, 1)
@@ -505,12 +510,13 @@ class Sequential:
         # shuffled copy (rounding aside, the same numbers; one dataset-sized copy less).
         whole = (steps == 1 and x.dtype == np.dtype(config.floatx())
                  and x.flags.c_contiguous)
-        # When nothing reads the model between two steps (no per-batch callback, no metric),
-        # a Dense stack runs its full batches in one compiled loop (DenseStack.train).
+        # When nothing reads the model between two steps (no per-batch callback; no metric
+        # but accuracy, which the loop counts), a Dense stack runs its full batches in one
+        # compiled loop (DenseStack.train).
         full = n // batch_size
         targets = None
-        if (self._stack is not None and full and not whole and not self.metrics
-                and x.flags.c_contiguous and not cbs.runs_per_batch):
+        if (self._stack is not None and full and not whole and x.flags.c_contiguous
+                and self._stack.counts(self.metrics) and not cbs.runs_per_batch):
             targets = self._stack.targets(y)
         logs = {}
         for epoch in range(initial_epoch, epochs):
@@ -519,12 +525,13 @@ class Sequential:
             tracker = _RunningMeans(self.metrics)
             remaining = range(steps)
             if targets is not None and not self.stop_training:
-                losses = self._stack.train(x, targets, order[:full * batch_size], batch_size,
-                                           self.optimizer)
-                if losses is None:  # the optimizer has no compiled form
+                run = self._stack.train(x, targets, order[:full * batch_size], batch_size,
+                                        self.optimizer, count=bool(self.metrics))
+                if run is None:  # the optimizer has no compiled form
                     targets = None
-                elif losses.size:
-                    tracker.update_losses(losses, batch_size)
+                elif run[0].size:
+                    losses, correct = run
+                    tracker.update_steps(losses, batch_size, correct)
                     self._check_loss(losses[-1], epoch, losses.size - 1)
                     remaining = range(losses.size, steps if not self.stop_training else 0)
             for step in remaining:
