@@ -425,7 +425,7 @@ def gather_rows(data, index, out):
 # Many steps in one call. At W1's size (784-50-50-10, batch 100) a step's arithmetic takes
 # ~300 µs and the Python around it (batch gather and dispatch, optimizer call, loss check)
 # another ~100 µs, so ``fit`` hands whole runs of full batches to one compiled loop when
-# nothing needs Python between two steps (no per-batch callbacks, no metrics).
+# nothing needs Python between two steps (no per-batch callback, no metric but accuracy).
 
 #: Update rules the compiled loop knows; ``scalars[s]`` holds step s's values, in this order:
 #:     sgd (lr)   momentum, nesterov (lr, μ)   adam (alpha_t, 1 − β₁, 1 − β₂, ε̂)
@@ -450,9 +450,9 @@ def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts
     Step s trains on rows ``order[s·B:(s+1)·B]`` (gathered into xb, tb with a cast to their
     dtypes), runs :func:`dense_stack_step`, writes its loss to ``losses[s]`` (and, when
     ``correct`` is not empty, how many of the batch's predictions were right to ``correct[s]``,
-    as :func:`count_correct`), and updates
-    ``params`` by ``rule`` (:data:`RULES`) with the state vectors and ``scalars[s]``. Stops after
-    the first step whose loss is not finite, as ``fit`` does; returns the number of steps run.
+    as :func:`count_correct`), and updates ``params`` by ``rule`` (:data:`RULES`) with the
+    state vectors and ``scalars[s]``. Stops after the first step whose loss is not finite, as
+    ``fit`` does; returns the number of steps run.
 
     Row blocks (the parallel binding, P > 1): block h, rows r_h … r_{h+1} of the batch (n_h of
     them), runs its own forward and backward on its own thread, with ``layouts[h]`` (the batch's

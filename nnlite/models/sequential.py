@@ -533,7 +533,8 @@ class Sequential:
                     losses, correct = run
                     tracker.update_steps(losses, batch_size, correct)
                     self._check_loss(losses[-1], epoch, losses.size - 1)
-                    remaining = range(losses.size, steps if not self.stop_training else 0)
+                    # The partial last batch, if any, steps in Python (none after a NaN loss).
+                    remaining = range(losses.size, 0 if self.stop_training else steps)
             for step in remaining:
                 cbs.on_train_batch_begin(step)
                 if whole:
