@@ -143,9 +143,9 @@ def test_stack_path_float32(backend, case):
 
 
 @pytest.mark.parametrize("kernel, run, calls_expected", [
-    # 3 epochs of 5 steps: each step one compiled call (metrics on) ...
+    # 3 epochs of 5 steps: each step one compiled call (a per-batch callback) ...
     ("dense_stack_step", lambda backend: _train("sparse", backend, True, 5, "float64"), 15),
-    # ... or each epoch one compiled loop (no metrics); defined further down
+    # ... or each epoch one compiled loop (no such callback; _fit_loop is defined below)
     ("dense_stack_train", lambda backend: _fit_loop(backend, "adam"), 3),
 ])
 def test_numba_stack_matches_numpy_stack(float64, monkeypatch, kernel, run, calls_expected):
