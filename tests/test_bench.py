@@ -80,6 +80,7 @@ def test_kernels_part_checks_every_result(quick_run):
         kernels = {r["kernel"] for r in fused}
         assert {"bias+relu forward", "relu backward+bias", "softmax xent",
                 "adam update", "lstm cell forward", "lstm cell backward"} <= kernels
+        assert any(k.startswith("dense stack step W") for k in kernels)
         assert all(r["ok"] for r in fused), [r for r in fused if not r["ok"]]
 
 

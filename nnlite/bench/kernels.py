@@ -324,6 +324,41 @@ def run_fused(workloads: list[Workload], quick: bool) -> list:
 
         records.append(_pair("lstm cell backward", (n, u), lambda: cell_b(nb, "f"),
                              lambda: cell_b(ref, "u"), lambda r: r, 2 * g0.nbytes * 2, quick))
+    records += _stack_steps(workloads, nb, ref, quick)
+    return records
+
+
+def _stack_steps(workloads: list[Workload], nb, ref, quick: bool) -> list:
+    """The whole compiled Dense-stack step (forward, softmax cross-entropy, backward) against the
+    reference backend's per-layer kernels at each MLP workload's size (W5: a quarter batch)."""
+    import nnlite
+    from nnlite.models.dense_stack import DenseStack
+
+    records = []
+    for wl in workloads:
+        if wl.lstm:
+            continue
+        n = min(wl.batch_size, 2048 if quick else 13500)
+        rng = _rng(n)
+        x = rng.random((n, 784), dtype=np.float32)
+        labels = rng.integers(0, 10, n)
+        plans = []
+        for _ in range(2):  # one model per backend, from the same seed
+            model = nnlite.Sequential(
+                [nnlite.Input((784,))]
+                + [nnlite.layers.Dense(w, activation="relu") for w in wl.hidden]
+                + [nnlite.layers.Dense(10, activation="softmax")], seed=0)
+            model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+            model._pack_parameters()
+            plans.append(DenseStack.of(model).plan(n))
+
+        def step(backend, plan):
+            loss, _ = backend.dense_stack_step(x, labels, plan)
+            return np.atleast_1d(loss), plan.grads
+
+        records.append(_pair(f"dense stack step {wl.name}", (n, wl.arch),
+                             lambda: step(nb, plans[0]), lambda: step(ref, plans[1]),
+                             lambda r: r, x.nbytes + 2 * plans[0].params.nbytes, quick))
     return records
 
 
