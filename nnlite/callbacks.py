@@ -482,30 +482,18 @@ class CallbackList(Callback):
         return self._history
 
     @property
-    def wants_batch_logs(self) -> bool:
-        """Whether any callback reads per-batch logs (a live progress bar or a user callback).
-
-        ``fit`` skips computing them otherwise, which on a GPU saves a host synchronisation
-        per step; the last batch of each epoch always gets its logs.
-        """
-        for cb in self.callbacks:
-            if isinstance(cb, History):
-                continue
-            if isinstance(cb, ProgbarLogger) and cb.verbose != 1:
-                continue
-            return True
-        return False
-
-    @property
     def runs_per_batch(self) -> bool:
-        """Whether any callback acts on training batches (overrides a train-batch hook, or is a
-        live progress bar). When none does, ``fit`` may run many batches in one compiled call.
+        """Whether any callback acts on training batches: overrides a train-batch hook (in its
+        class, or on the instance as LambdaCallback does) or is a live progress bar.
+
+        When none does, ``fit`` skips computing per-batch logs (on a GPU, a host
+        synchronisation per step; the last batch of each epoch always gets its logs) and may
+        run many batches in one compiled call.
         """
         hooks = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end")
         for cb in self.callbacks:
             if isinstance(cb, History) or (isinstance(cb, ProgbarLogger) and cb.verbose != 1):
                 continue
-            # A hook overridden by the class, or set on the instance (LambdaCallback).
             if any(getattr(getattr(cb, hook), "__func__", None) is not getattr(Callback, hook)
                    for hook in hooks):
                 return True

@@ -503,7 +503,7 @@ class Sequential:
         backend = get_backend()
         # Per-batch logs are computed only when a callback shows or reads them (on a GPU each
         # one is a host synchronisation); the loss is still checked every step on the CPU.
-        batch_logs = cbs.wants_batch_logs
+        batch_logs = cbs.runs_per_batch
         check_each_step = backend.xp is np
         # One batch of every sample (full-batch gradient descent): its mean loss and gradient do
         # not depend on the order of the samples, so the step reads x itself instead of a
