@@ -483,21 +483,27 @@ class CallbackList(Callback):
 
     @property
     def runs_per_batch(self) -> bool:
-        """Whether any callback acts on training batches: overrides a train-batch hook (in its
-        class, or on the instance as LambdaCallback does) or is a live progress bar.
+        """Whether any callback other than nnlite's progress bar acts on training batches:
+        overrides a train-batch hook, in its class or on the instance (as LambdaCallback does).
 
-        When none does, ``fit`` skips computing per-batch logs (on a GPU, a host
-        synchronisation per step; the last batch of each epoch always gets its logs) and may
-        run many batches in one compiled call.
+        When none does, ``fit`` may run many batches in one compiled call, and skips computing
+        per-batch logs unless a bar is live (:attr:`live_progress`): on a GPU each is a host
+        synchronisation (the last batch of each epoch always gets its logs).
         """
         hooks = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end")
         for cb in self.callbacks:
-            if isinstance(cb, History) or (isinstance(cb, ProgbarLogger) and cb.verbose != 1):
+            if isinstance(cb, History) or type(cb) is ProgbarLogger:
                 continue
             if any(getattr(getattr(cb, hook), "__func__", None) is not getattr(Callback, hook)
                    for hook in hooks):
                 return True
         return False
+
+    @property
+    def live_progress(self) -> bool:
+        """Whether a progress bar redraws during each epoch (``verbose=1``). It only displays
+        the running means, so ``fit`` may update it every few steps instead of at each."""
+        return any(type(cb) is ProgbarLogger and cb.verbose == 1 for cb in self.callbacks)
 
     def _add_default_callbacks(self, add_history: bool, add_progbar: bool) -> None:
         for cb in self.callbacks:

@@ -247,7 +247,7 @@ LOOP_OPTIMIZERS = {
 
 
 def _fit_loop(backend_name, optimizer, case="sparse", batch_size=5, dtype="float64",
-              callbacks=(), lr_scale=1.0, epochs=3, metrics=()):
+              callbacks=(), lr_scale=1.0, epochs=3, metrics=(), verbose=0):
     """Train; returns (history, weights, iterations, backend loop calls, model)."""
     nnlite.set_backend(backend_name)
     backend = nnlite.backend.get_backend()
@@ -269,7 +269,7 @@ def _fit_loop(backend_name, optimizer, case="sparse", batch_size=5, dtype="float
     original = type(backend).dense_stack_train
     type(backend).dense_stack_train = lambda self, *args: calls.append(1) or original(self, *args)
     try:
-        history = model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0,
+        history = model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                             callbacks=list(callbacks))
     finally:
         type(backend).dense_stack_train = original
@@ -377,6 +377,39 @@ def test_keras_argmax_matches_the_metrics():
         assert numba_kernels.count_correct(scores, labels) == int((expected == labels).sum())
         onehot = np.eye(3, dtype=dtype)[labels]
         assert numba_kernels.count_correct(scores, onehot) == int((expected == labels).sum())
+
+
+@pytest.mark.parametrize("seconds, calls, updates", [(0.0, 3 * 4, [0, 1, 2, 3, 4] * 3),
+                                                     (60.0, 3 * 2, [0, 3, 4] * 3)])
+def test_a_live_progress_bar_is_redrawn_between_compiled_runs(backend, float64, monkeypatch,
+                                                               capsys, seconds, calls, updates):
+    """verbose=1: a first step alone, then runs of about PROGRESS_SECONDS each, the bar updated
+    after each run. 0 s: one step per run (4 full batches of 5, then the partial one in
+    Python); 60 s: the first step, then the other three in one run."""
+    from nnlite.models import sequential
+
+    monkeypatch.setattr(sequential, "PROGRESS_SECONDS", seconds)
+    seen = []
+    original = nnlite.callbacks.ProgbarLogger.on_train_batch_end
+    monkeypatch.setattr(nnlite.callbacks.ProgbarLogger, "on_train_batch_end",
+                        lambda self, batch, logs=None: seen.append(batch) or
+                        original(self, batch, logs))
+    live = _fit_loop(backend.name, "adam", metrics=["accuracy"], verbose=1)
+    assert live[3] == calls
+    assert seen == updates  # the batch indices the bar was given, epoch after epoch
+    assert "5/5" in capsys.readouterr().out
+    stepped = _fit_loop(backend.name, "adam", metrics=["accuracy"], callbacks=[_EveryBatch()])
+    assert live[0] == stepped[0]
+    for a, b in zip(live[1], stepped[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_progress_bar_subclass_with_its_own_batch_hook_keeps_python_steps(backend):
+    class Counting(nnlite.callbacks.ProgbarLogger):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+
+    assert _fit_loop(backend.name, "adam", callbacks=[Counting()])[3] == 0
 
 
 def test_compiled_loop_leaves_the_last_batch_in_the_caches(backend, float64):

@@ -7,9 +7,10 @@ hands the whole step (forward, fused softmax cross-entropy, backward) to
 backend's version is the same per-layer kernels called in a loop, the specification the
 compiled step is tested against; the layer-by-layer path stays for every other model.
 
-When nothing reads the model between two steps (no callback with a per-batch hook, no metric
-but accuracy), ``fit`` goes one level further: :meth:`DenseStack.train` hands all the full
-batches of an epoch, with the optimizer's per-step scalars (``Optimizer.compiled_updates``), to
+When nothing reads the model between two steps (no callback with a per-batch hook but the
+progress bar, no metric but accuracy), ``fit`` goes one level further: :meth:`DenseStack.train`
+hands the full batches of an epoch (all at once, or a redraw interval's worth at a time under a
+live bar), with the optimizer's per-step scalars (``Optimizer.compiled_updates``), to
 ``backend.dense_stack_train``: gather, step, accuracy count and update, step after step, in one
 compiled loop on the Numba backend (a Python loop over the same kernels on NumPy). The same
 numbers as Python steps, bit for bit, except where the Numba loop splits a batch into row

@@ -17,6 +17,7 @@ import contextlib
 import math
 import os
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 
@@ -34,6 +35,10 @@ from nnlite.layers.base import Layer, unique_name
 from nnlite.layers.core import Dense, InputLayer
 from nnlite.models.dense_stack import DenseStack
 from nnlite.random import generator
+
+#: Under a live progress bar, the compiled loop of a Dense stack returns to Python about this
+#: often to redraw it (the bar's own redraw interval).
+PROGRESS_SECONDS = 0.05
 
 
 class NonFiniteLossWarning(UserWarning):
@@ -503,16 +508,16 @@ class Sequential:
         backend = get_backend()
         # Per-batch logs are computed only when a callback shows or reads them (on a GPU each
         # one is a host synchronisation); the loss is still checked every step on the CPU.
-        batch_logs = cbs.runs_per_batch
+        batch_logs = cbs.runs_per_batch or cbs.live_progress
         check_each_step = backend.xp is np
         # One batch of every sample (full-batch gradient descent): its mean loss and gradient do
         # not depend on the order of the samples, so the step reads x itself instead of a
         # shuffled copy (rounding aside, the same numbers; one dataset-sized copy less).
         whole = (steps == 1 and x.dtype == np.dtype(config.floatx())
                  and x.flags.c_contiguous)
-        # When nothing reads the model between two steps (no per-batch callback; no metric
-        # but accuracy, which the loop counts), a Dense stack runs its full batches in one
-        # compiled loop (DenseStack.train).
+        # When nothing reads the model between two steps (no per-batch callback but a live
+        # progress bar; no metric but accuracy, which the loop counts), a Dense stack runs its
+        # full batches in compiled loops (DenseStack.train, see _compiled_steps).
         full = n // batch_size
         targets = None
         if (self._stack is not None and full and not whole and x.flags.c_contiguous
@@ -525,16 +530,13 @@ class Sequential:
             tracker = _RunningMeans(self.metrics)
             remaining = range(steps)
             if targets is not None and not self.stop_training:
-                run = self._stack.train(x, targets, order[:full * batch_size], batch_size,
-                                        self.optimizer, count=bool(self.metrics))
-                if run is None:  # the optimizer has no compiled form
+                done = self._compiled_steps(x, targets, order, full, batch_size, epoch, tracker,
+                                            cbs)
+                if done is None:  # the optimizer has no compiled form
                     targets = None
-                elif run[0].size:
-                    losses, correct = run
-                    tracker.update_steps(losses, batch_size, correct)
-                    self._check_loss(losses[-1], epoch, losses.size - 1)
+                else:
                     # The partial last batch, if any, steps in Python (none after a NaN loss).
-                    remaining = range(losses.size, 0 if self.stop_training else steps)
+                    remaining = range(done, 0 if self.stop_training else steps)
             for step in remaining:
                 cbs.on_train_batch_begin(step)
                 if whole:
@@ -558,6 +560,34 @@ class Sequential:
             if self.stop_training:
                 break
         return logs
+
+    def _compiled_steps(self, x, targets, order, full, batch_size, epoch, tracker, cbs):
+        """Run an epoch's ``full`` full batches through ``DenseStack.train``; returns how many
+        steps ran (fewer after a non-finite loss), or None when the optimizer has no compiled
+        form (nothing ran).
+
+        One call runs them all, or, under a live progress bar, about one redraw interval
+        (PROGRESS_SECONDS) of steps per call, each call ending with the bar's batch update.
+        """
+        chunk = 1 if cbs.live_progress else full  # a first step alone times the steps
+        done = 0
+        while done < full and not self.stop_training:
+            steps = min(chunk, full - done)
+            start = time.perf_counter()
+            rows = order[done * batch_size:(done + steps) * batch_size]
+            run = self._stack.train(x, targets, rows, batch_size, self.optimizer,
+                                    count=bool(self.metrics))
+            if run is None:
+                return None
+            losses, correct = run
+            tracker.update_steps(losses, batch_size, correct)
+            done += losses.size
+            if cbs.live_progress:
+                cbs.on_train_batch_end(done - 1, tracker.result())
+                per_step = (time.perf_counter() - start) / losses.size
+                chunk = max(1, int(PROGRESS_SECONDS / max(per_step, 1e-9)))
+            self._check_loss(losses[-1], epoch, done - 1)
+        return done
 
     def _check_loss(self, loss, epoch: int, step: int) -> None:
         """Stop training, with a warning, when a step's loss is NaN or infinite."""
