@@ -465,3 +465,16 @@ def test_row_blocks_float32(monkeypatch):
     for a, b in zip(blocks[1], whole[1]):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_the_loop_refuses_an_unknown_update_rule():
+    from nnlite.backend import Backend
+
+    model = _compiled(_model())
+    stack = _stack_of(model)
+    plan = stack.plan(2)
+    plan.x = np.empty((2, 12), plan.params.dtype)
+    with pytest.raises(ValueError, match="unknown update rule 'rmsprop'"):
+        Backend().dense_stack_train(np.zeros((2, 12), np.float32), np.zeros(2, np.int64),
+                                    np.arange(2), plan, ("rmsprop", (), np.zeros((1, 1))),
+                                    np.zeros(1, np.float32))

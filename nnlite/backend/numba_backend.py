@@ -184,7 +184,7 @@ class NumbaBackend(Backend):
         rule, state, scalars = updates
         if (self.gemm != "blas" or plan.largest >= K.PARALLEL_THRESHOLD or rule not in K.RULES
                 or data.ndim != 2 or not data.flags.c_contiguous
-                or not targets.flags.c_contiguous or plan.x.dtype != plan.work.dtype):
+                or not targets.flags.c_contiguous):
             return super().dense_stack_train(data, targets, order, plan, updates, losses,
                                              correct)
         none = plan.params[:0]

@@ -157,6 +157,8 @@ class Backend:
             the number of steps run.
         """
         rule, state, scalars = updates
+        if rule not in ("adam", "sgd", "momentum", "nesterov"):
+            raise ValueError(f"dense_stack_train: unknown update rule {rule!r}")
         batch = plan.x.shape[0]
         for s in range(losses.size):
             index = order[s * batch:(s + 1) * batch]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nnlite import losses as losses_module
+from nnlite import metrics as metrics_module
 from nnlite.backend import get_backend
 from nnlite.layers.core import Dense, InputLayer
 from nnlite.layers.reshaping import Flatten
@@ -221,8 +222,6 @@ class DenseStack:
         """Whether a compiled loop can keep ``metrics``: each is Keras's accuracy of a
         categorical output ("accuracy", or the sparse or categorical one that fits the loss),
         which the loop counts as the number of right predictions per step."""
-        from nnlite import metrics as metrics_module
-
         sparse = getattr(self.loss, "sparse", False)
         kinds = (metrics_module.Accuracy,
                  metrics_module.SparseCategoricalAccuracy if sparse

@@ -82,8 +82,7 @@ class Optimizer:
 
     def current_learning_rate(self) -> float:
         """The learning rate for the coming step (a schedule is called with ``iterations``)."""
-        lr = self.learning_rate
-        return float(lr(self.iterations)) if callable(lr) else float(lr)
+        return self._learning_rates(1)[0]
 
     def compiled_updates(self, param, steps: int):
         """The next ``steps`` updates of ``param`` in the form a compiled training loop runs them.
