@@ -624,7 +624,10 @@ def _bits_to_float32(typingctx, bits):
     def codegen(context, builder, signature, args):
         from llvmlite import ir
 
-        return builder.bitcast(builder.trunc(args[0], ir.IntType(32)), ir.FloatType())
+        value = args[0]
+        if value.type.width != 32:
+            value = builder.trunc(value, ir.IntType(32))
+        return builder.bitcast(value, ir.FloatType())
 
     return numba.types.float32(bits), codegen
 
@@ -680,7 +683,7 @@ def _lstm_exp_numba(x):
             p = p * r + _F32(0.5)
             p = p * r + _F32(1)
             p = p * r + _F32(1)
-            return p * _bits_to_float32((np.int64(k) + 127) << 23)
+            return p * _bits_to_float32((np.int32(k) + np.int32(127)) << np.int32(23))
 
         return exp32
 
@@ -917,7 +920,7 @@ def lstm_backward_sequence(dy, gates, recurrent, c, act_c, dh, dc, dz, act_code,
     """
     t = gates.shape[0]
     first_dy = t - dy.shape[0]
-    recurrent_t = recurrent.T
+    recurrent_t = np.ascontiguousarray(recurrent.T)  # BLAS runs ~25% faster than on the view
     zero = dh.dtype.type(0)
     dh[r0:r1] = zero
     dc[r0:r1] = zero

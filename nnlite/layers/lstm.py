@@ -173,6 +173,10 @@ class LSTM(Layer):
         buf = self._buffer(key, shape, dtype)
         return buf if buf is not None else get_backend().xp.empty(shape, dtype=dtype)
 
+    def _xh_width(self, d):
+        """Columns of xh_t = [x_t, h_{t−1}, 1] (no column of ones without a bias)."""
+        return d + self.units + int(self.use_bias)
+
     def forward(self, x, training=False):
         kernel = self.params["kernel"]
         if x.ndim != 3 or x.shape[-1] != kernel.shape[0]:
@@ -190,9 +194,14 @@ class LSTM(Layer):
         backend = get_backend()
         u, dtype = self.units, kernel.dtype
         recurrent = self.params["recurrent_kernel"]
-        # Time-major copies: each step then reads and writes contiguous (N, ·) blocks.
-        x_tm = self._array("x_tm", (t, n, d), dtype)
+        # Time-major copies: each step then reads and writes contiguous (N, ·) blocks. In
+        # training x_t goes into the first D columns of xh_t = [x_t, h_{t−1}, 1], the rows that
+        # backward's weight-gradient GEMM reads (see backward).
+        xh = self._array("xh", (t, n, self._xh_width(d) if training else d), dtype)
+        x_tm = xh[:, :, :d]
         x_tm[...] = x.transpose(1, 0, 2)
+        if training and self.use_bias:
+            xh[:, :, d + u] = 1
         gates = self._array("gates", (t, n, 4 * u), dtype)
         c = self._array("c", (t + 1, n, u), dtype)
         h = self._array("h", (t + 1, n, u), dtype)
@@ -202,13 +211,13 @@ class LSTM(Layer):
         h[0] = 0
         # The input projection of every step at once: (T·N, D) · (D, 4U) + bias.
         flat = gates.reshape(t * n, 4 * u)
-        backend.dense_forward(x_tm.reshape(t * n, d), kernel, self.params.get("bias"),
+        backend.dense_forward(xh.reshape(t * n, -1)[:, :d], kernel, self.params.get("bias"),
                               activations.get("linear"), out=(flat, flat))
         # Then per step t = 1..T: hz = h_{t−1}·recurrent_kernel and the fused cell, which turns
         # gates[t−1] (x_t·kernel + bias) into [i f g o] and writes c_t, φ(c_t), h_t.
         backend.lstm_forward_sequence(gates, recurrent, c, h, act_c, hz, self.activation,
                                       self.recurrent_activation)
-        self._cache = (x_tm, gates, c, h, act_c)
+        self._cache = (xh, gates, c, h, act_c)
         if not self.return_sequences:
             return h[t]
         y = self._array("y", (n, t, u), dtype)
@@ -216,9 +225,9 @@ class LSTM(Layer):
         return y
 
     def backward(self, dy):
-        x_tm, gates, c, h, act_c = self._cache
-        t, n, d = x_tm.shape
+        xh, gates, c, h, act_c = self._cache
         u = self.units
+        t, n, d = *xh.shape[:2], self.params["kernel"].shape[0]
         backend = get_backend()
         dtype = gates.dtype
         dz = self._array("dz", (t, n, 4 * u), dtype)
@@ -234,21 +243,31 @@ class LSTM(Layer):
         backend.lstm_backward_sequence(dy_tm, gates, self.params["recurrent_kernel"], c, act_c,
                                        dh, dc, dz, self.activation, self.recurrent_activation)
         dz2 = dz.reshape(t * n, 4 * u)
-        dx_tm = self._array("dx_tm", (t * n, d), dtype) if self.input_grad else None
-        dbias = (self._grad_buffer("bias") if self.use_bias
-                 else self._array("dbias", (4 * u,), dtype))
-        # dkernel = Σ_t x_tᵀ·dz_t, dbias = Σ dz, dx = dz·kernelᵀ: Dense's backward over T·N rows.
-        dx2, dkernel, dbias = backend.dense_backward(
-            dz2, x_tm.reshape(t * n, d), self.params["kernel"], None, None,
-            activations.get("linear"), need_dx=self.input_grad,
-            out=(self._grad_buffer("kernel"), dbias, dx_tm, None),
-        )
-        self.grads["kernel"] = dkernel
-        # drecurrent_kernel = Σ_t h_{t−1}ᵀ·dz_t: one GEMM over the T·N rows of h_0..h_{T−1}.
-        self.grads["recurrent_kernel"] = backend.lstm_recurrent_gradient(
-            h[:t].reshape(t * n, u), dz2, out=self._grad_buffer("recurrent_kernel"))
-        if self.use_bias:
-            self.grads["bias"] = dbias
+        # Every weight gradient in one GEMM over the T·N rows: with xh_t = [x_t, h_{t−1}, 1],
+        # Σ_t xh_tᵀ·dz_t = [dkernel; drecurrent_kernel; dbias] ((D+U+1, 4U); no column of ones
+        # and no dbias without a bias). One GEMM of D+U+1 rows runs faster than a GEMM of D
+        # rows, one of U rows and a column sum.
+        width = self._xh_width(d)
+        if xh.shape[2] != width:  # forward ran with training=False: x alone was kept
+            x_tm, xh = xh, self._array("xh_grad", (t, n, width), dtype)
+            xh[:, :, :d] = x_tm
+            if self.use_bias:
+                xh[:, :, d + u] = 1
+        xh[:, :, d:d + u] = h[:t]
+        wgrad = backend.matmul(xh.reshape(t * n, width).T, dz2,
+                               out=self._array("wgrad", (width, 4 * u), dtype))
+        for key, rows in (("kernel", wgrad[:d]), ("recurrent_kernel", wgrad[d:d + u]),
+                          ("bias", wgrad[d + u:].reshape(-1))):
+            if key in self.params:
+                grad = self._grad_buffer(key)
+                if grad is None:
+                    self.grads[key] = rows.copy()
+                else:
+                    grad[...] = rows
+        # dx_t = dz_t·kernelᵀ, when a layer below needs it.
+        dx2 = (backend.matmul(dz2, self.params["kernel"].T,
+                              out=self._array("dx_tm", (t * n, d), dtype))
+               if self.input_grad else None)
         if dx2 is None:
             return None
         dx = self._array("dx", (n, t, d), dtype)
@@ -344,13 +363,15 @@ def _gib(n: float) -> str:
 def _lstm_elements(units, input_dim, seq_len, batch_size, return_sequences, input_grad=True):
     """Parameter count and activation elements of one LSTM layer (as :class:`LSTM` allocates).
 
-    Forward keeps x (T,N,D), gates (T,N,4U), c and h (T+1,N,U), φ(c) (T,N,U), the step's
-    h·recurrent_kernel (N,4U) and, with sequences, y (N,T,U); backward adds dz (T,N,4U),
-    dh and dc (N,U), dy (T,N,U) with sequences, and dx twice (T,N,D) when it is needed.
+    Forward keeps xh = [x, h, 1] (T,N,D+U+1; in training: x alone, (T,N,D), in inference),
+    gates (T,N,4U), c and h (T+1,N,U), φ(c) (T,N,U), the step's h·recurrent_kernel (N,4U) and,
+    with sequences, y (N,T,U); backward adds dz (T,N,4U), dh and dc (N,U), dy (T,N,U) with
+    sequences, and dx twice (T,N,D) when it is needed. (Backward's scratch for the weight
+    gradients, (D+U+1,4U), does not grow with the batch and is not counted.)
     """
     u, d, t, n = units, input_dim, seq_len, batch_size
     params = 4 * u * (d + u + 1)
-    forward = t * n * d + t * n * 4 * u + 2 * (t + 1) * n * u + t * n * u + n * 4 * u
+    forward = t * n * (d + u + 1) + t * n * 4 * u + 2 * (t + 1) * n * u + t * n * u + n * 4 * u
     backward = t * n * 4 * u + 2 * n * u
     if return_sequences:
         forward += n * t * u
