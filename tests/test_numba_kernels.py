@@ -665,7 +665,7 @@ def test_lstm_backward_sequence(dtype, act, rec, sequences):
 @pytest.mark.parametrize("min_rows", [1, 10 ** 9], ids=["row-blocks", "one-block"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
-    # The backend walks row blocks (and the recurrent gradient's column blocks) on several
+    # The backend walks row blocks (and the weight gradients' column blocks) on several
     # threads when Numba has more than one; the result must not depend on the split.
     from nnlite import config
     from nnlite.backend import numba_backend
@@ -693,10 +693,11 @@ def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
         dy = rng(3).standard_normal((n, u)).astype(dtype)[None]
         impl.lstm_backward_sequence(dy, g, recurrent, c, a, np.empty((n, u), dtype), dc, dz,
                                     tanh, sigmoid)
-        drec = impl.lstm_recurrent_gradient(h[:t].reshape(t * n, u), dz.reshape(t * n, u4))
-        drec_out = np.full((u, u4), np.nan, dtype)
-        impl.lstm_recurrent_gradient(h[:t].reshape(t * n, u), dz.reshape(t * n, u4), drec_out)
-        results.append((g, c, h, a, dz, dc, drec, drec_out))
+        # The layer's weight gradients: [h_{t−1}, 1]ᵀ·dz_t over all steps, a column split.
+        hb = np.concatenate([h[:t], np.ones((t, n, 1), dtype)], axis=2).reshape(t * n, u + 1)
+        wgrad = np.full((u + 1, u4), np.nan, dtype)
+        impl.matmul(hb.T, dz.reshape(t * n, u4), out=wgrad)
+        results.append((g, c, h, a, dz, dc, wgrad))
     for k, (got, want) in enumerate(zip(results[1], results[0])):
         assert_close(got, want, dtype, f"output {k}")
     import numba
@@ -749,6 +750,11 @@ def test_numba_backend_splits_large_gemms_while_blas_is_single_threaded(dtype, s
         assert backend.matmul(a, b, out=out) is out
         assert_close(out, np.matmul(a, b), dtype, f"split={single}")
         assert_close(backend.matmul(a.T.copy().T, b), np.matmul(a, b), dtype, "alloc")
+        # A linear Dense layer: each block adds the bias to its own rows or columns.
+        bias = r.standard_normal(n).astype(dtype)
+        z, y = backend.dense_forward(a, b, bias, activations.get("linear"))
+        assert y is z
+        assert_close(z, np.matmul(a, b) + bias, dtype, f"bias split={single}")
         assert bool(pools) == single
 
 

@@ -356,15 +356,3 @@ class Backend:
                                     recurrent_activation, out=dz[s])
             if s > 0:
                 self.matmul(dz[s], recurrent_t, out=dh)
-
-    def lstm_recurrent_gradient(self, h, dz, out=None):
-        """The recurrent kernel's gradient, one GEMM over all steps.
-
-        Shapes:
-            h: (T·N, U), the rows of h_0..h_{T−1}     dz: (T·N, 4U), of steps 1..T
-            out: optional (U, 4U)
-
-        Math:
-            drecurrent_kernel = Σ_t h_{t−1}ᵀ · dz_t = hᵀ · dz
-        """
-        return self.matmul(h.T, dz, out=out)

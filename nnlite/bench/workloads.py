@@ -95,7 +95,8 @@ class Workload:
             u = self.lstm
             shapes.append((f"{self.name} LSTM input x·W", b * ROWS, COLS, 4 * u))
             shapes.append((f"{self.name} LSTM recurrent h·R", b, u, 4 * u))
-            shapes.append((f"{self.name} LSTM dR hᵀ·dz", u, b * (ROWS - 1), 4 * u))
+            # backward's weight gradients, one GEMM: [x_t, h_{t−1}, 1]ᵀ · dz_t over all steps
+            shapes.append((f"{self.name} LSTM dW [x h 1]ᵀ·dz", COLS + u + 1, b * ROWS, 4 * u))
             return shapes
         dims = [INPUTS, *self.hidden, CLASSES]
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):

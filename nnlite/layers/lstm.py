@@ -93,7 +93,8 @@ class LSTM(Layer):
             di = dc_t ⊙ g    df = dc_t ⊙ c_{t−1}    dg = dc_t ⊙ i
             dz_t = [di ⊙ σ'(z_i)  df ⊙ σ'(z_f)  dg ⊙ φ'(z_g)  do ⊙ σ'(z_o)]    (N, 4U)
             dc_{t−1}^rec = dc_t ⊙ f           dh_{t−1}^rec = dz_t · recurrent_kernelᵀ
-        then, summing over steps (each one GEMM over all N·T rows):
+        then, summing over steps (one GEMM over all N·T rows of xh_t = [x_t, h_{t−1}, 1]
+        gives all three: [dkernel; drecurrent_kernel; dbias] = Σ_t xh_tᵀ · dz_t):
             dkernel = Σ_t x_tᵀ · dz_t                     (D, 4U)
             drecurrent_kernel = Σ_t h_{t−1}ᵀ · dz_t       (U, 4U)
             dbias = Σ_t Σ_n dz_t[n]                       (4U,)
@@ -101,9 +102,10 @@ class LSTM(Layer):
         Derivatives come from the activations' outputs: σ'(z) = s(1 − s) for s = σ(z),
         tanh' = 1 − y², relu' = [y > 0], linear' = 1.
 
-    Memory: forward keeps, time-major, x (T, N, D), the gates (T, N, 4U), c and h (T+1, N, U)
-    and φ(c) (T, N, U) for backward; see :func:`memory_estimate`. The first forward with a new
-    batch shape checks the estimate against available memory and raises
+    Memory: forward keeps, time-major, xh = [x, h, 1] (T, N, D+U+1; x alone, (T, N, D), in
+    inference), the gates (T, N, 4U), c and h (T+1, N, U) and φ(c) (T, N, U) for backward; see
+    :func:`memory_estimate`. The first forward with a new batch shape checks the estimate
+    against available memory and raises
     :class:`InsufficientMemoryError` (suggesting a batch size that fits) before allocating.
 
     Example:
