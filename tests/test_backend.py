@@ -530,13 +530,12 @@ LSTM_PAIRS = [pytest.param(act, rec, id=f"{act}-{rec}")
 
 
 def _lstm_inputs(dtype, n=33, u=17, seed=12):
-    """One step's gate pre-activations (N, 4U), h·recurrent_kernel (N, 4U), c_{t−1} (N, U) and
-    backward's dh, dy, dc (N, U). N·U = 561 spans several GPU thread blocks."""
+    """One step's gate pre-activations z (N, 4U), c_{t−1} (N, U) and backward's dh, dy, dc
+    (N, U). N·U = 561 spans several GPU thread blocks."""
     r = np.random.default_rng(seed)
-    gates = 2 * r.standard_normal((n, 4 * u))
-    hz = r.standard_normal((n, 4 * u))
+    z = 2 * r.standard_normal((n, 4 * u)) + r.standard_normal((n, 4 * u))
     rest = [r.standard_normal((n, u)) for _ in range(4)]
-    return [a.astype(dtype) for a in [gates, hz] + rest]
+    return [a.astype(dtype) for a in [z] + rest]
 
 
 def _copies(backend, *arrays):
@@ -550,21 +549,21 @@ def _copies(backend, *arrays):
 @on_every_binding
 def test_lstm_cell_forward_matches_reference(binding, dtype, act, rec, use_out):
     backend = binding
-    gates, hz, c_prev, *_ = _lstm_inputs(dtype)
+    z, c_prev, *_ = _lstm_inputs(dtype)
     fns = activations.get(act), activations.get(rec)
-    gates_ref = gates.copy()
-    refs = [np.array(a) for a in REF.lstm_cell_forward(gates_ref, hz.copy(), c_prev, *fns)]
-    gates_b, hz_b, c_prev_b = _copies(backend, gates, hz, c_prev)
+    refs = [np.array(a) for a in REF.lstm_cell_forward(z, c_prev, *fns)]
+    z_b, c_prev_b = _copies(backend, z, c_prev)
     out = None
     if use_out:
-        out = tuple(backend.xp.full(c_prev.shape, np.nan, dtype) for _ in range(3))
+        out = (backend.xp.full(z.shape, np.nan, dtype),
+               *(backend.xp.full(c_prev.shape, np.nan, dtype) for _ in range(3)))
     if use_out == "partial":  # None entries are allocated, given ones written
-        out = (out[0], None, out[2])
-    got = backend.lstm_cell_forward(gates_b, hz_b, c_prev_b, *fns, out=out)
-    assert len(got) == 3
-    assert_close(backend, gates_b, gates_ref, dtype, "gates (activations, in place)")
-    for what, array, ref in zip(["c", "act_c", "h"], got, refs):
+        out = (out[0], None, out[2], None)
+    got = backend.lstm_cell_forward(z_b, c_prev_b, *fns, out=out)
+    assert len(got) == 4
+    for what, array, ref in zip(["gates", "c", "act_c", "h"], got, refs):
         assert_close(backend, array, ref, dtype, what)
+    np.testing.assert_array_equal(_np(backend, z_b), z)
     np.testing.assert_array_equal(_np(backend, c_prev_b), c_prev)
     if use_out:
         assert all(array is buf for array, buf in zip(got, out) if buf is not None)
@@ -577,10 +576,9 @@ def test_lstm_cell_forward_matches_reference(binding, dtype, act, rec, use_out):
 @on_every_binding
 def test_lstm_cell_backward_matches_reference(binding, dtype, act, rec, with_dy, use_out):
     backend = binding
-    gates, hz, c_prev, dh, dy, dc = _lstm_inputs(dtype, seed=13)
+    z, c_prev, dh, dy, dc = _lstm_inputs(dtype, seed=13)
     fns = activations.get(act), activations.get(rec)
-    _, act_c, _ = REF.lstm_cell_forward(gates, hz, c_prev, *fns)  # gates -> [i f g o]
-    act_c = np.array(act_c)
+    gates, _, act_c, _ = (np.array(a) for a in REF.lstm_cell_forward(z, c_prev, *fns))
     dy = dy if with_dy else None
     dc_ref = dc.copy()
     dz_ref = REF.lstm_cell_backward(dh, dy, dc_ref, gates, c_prev, act_c, *fns)
@@ -608,7 +606,7 @@ def test_lstm_cell_fallback_matches_reference(binding, dtype, act, rec, transpos
     """What the fused kernels leave to the base class (F-ordered arrays, softmax): same numbers,
     same in-place updates."""
     backend = binding
-    gates, hz, c_prev, dh, dy, dc = _lstm_inputs(dtype, seed=14)
+    z, c_prev, dh, dy, dc = _lstm_inputs(dtype, seed=14)
     fns = activations.get(act), activations.get(rec)
 
     def put(a):
@@ -616,19 +614,21 @@ def test_lstm_cell_fallback_matches_reference(binding, dtype, act, rec, transpos
             return backend.xp.array(a)
         return backend.asarray(np.ascontiguousarray(a.T)).T
 
-    gates_ref = gates.copy()
-    refs = [np.array(a) for a in REF.lstm_cell_forward(gates_ref, hz.copy(), c_prev, *fns)]
-    gates_b, c_prev_b = put(gates), put(c_prev)
-    out = tuple(put(np.full(c_prev.shape, np.nan, dtype)) for _ in range(3))
-    got = backend.lstm_cell_forward(gates_b, put(hz), c_prev_b, *fns, out=out)
-    assert_close(backend, gates_b, gates_ref, dtype, "gates")
-    for what, array, ref, buf in zip(["c", "act_c", "h"], got, refs, out):
+    refs = [np.array(a) for a in REF.lstm_cell_forward(z, c_prev, *fns)]
+    gates_ref = refs[0]
+    z_b, c_prev_b = put(z), put(c_prev)
+    out = (put(np.full(z.shape, np.nan, dtype)),
+           *(put(np.full(c_prev.shape, np.nan, dtype)) for _ in range(3)))
+    got = backend.lstm_cell_forward(z_b, c_prev_b, *fns, out=out)
+    for what, array, ref, buf in zip(["gates", "c", "act_c", "h"], got, refs, out):
         assert_close(backend, array, ref, dtype, what)
         assert array is buf
+    np.testing.assert_array_equal(_np(backend, z_b), z)
+    gates_b = got[0]
     dc_ref = dc.copy()
-    dz_ref = REF.lstm_cell_backward(dh, dy, dc_ref, gates_ref, c_prev, refs[1], *fns)
-    dc_b, dz_buf = put(dc), put(np.full(gates.shape, np.nan, dtype))
-    dz = backend.lstm_cell_backward(put(dh), put(dy), dc_b, gates_b, c_prev_b, got[1], *fns,
+    dz_ref = REF.lstm_cell_backward(dh, dy, dc_ref, gates_ref, c_prev, refs[2], *fns)
+    dc_b, dz_buf = put(dc), put(np.full(z.shape, np.nan, dtype))
+    dz = backend.lstm_cell_backward(put(dh), put(dy), dc_b, gates_b, c_prev_b, got[2], *fns,
                                     out=dz_buf)
     assert dz is dz_buf
     assert_close(backend, dz, dz_ref, dtype, "dz")
@@ -652,7 +652,7 @@ def test_cupy_lstm_kernel_sources_for_every_activation_pair(monkeypatch):
         return [p.split()[-1] for p in params.split(",")]
 
     expected_params = {
-        "forward": (["hz", "c_prev", "u"], ["gates", "c", "act_c", "h"], "gates"),
+        "forward": (["z", "c_prev", "u"], ["gates", "c", "act_c", "h"], "gates"),
         "backward": (["dh", "dy", "has_dy", "gates", "c_prev", "act_c", "u"], ["dc", "dz"], "dz"),
     }
     for act in LSTM_ACTIVATIONS:

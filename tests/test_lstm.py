@@ -141,19 +141,17 @@ def test_numba_cell_kernels(dtype, acts):
     n, u = 5, 6
     act, rec = (activations.get(a) for a in acts)
     codes = (K.CODES[act.name], K.CODES[rec.name])
-    gates0 = (rng.normal(size=(n, 4 * u)) * 3).astype(dtype)
-    hz0 = rng.normal(size=(n, 4 * u)).astype(dtype)
+    z = (rng.normal(size=(n, 4 * u)) * 3).astype(dtype)
     c_prev = rng.normal(size=(n, u)).astype(dtype)
     tol = {"float32": 2e-6, "float64": 1e-13}[dtype]
 
-    gates_ref = gates0.copy()
-    c_ref, a_ref, h_ref = nnlite.backend.Backend().lstm_cell_forward(
-        gates_ref, hz0.copy(), c_prev, act, rec)
+    gates_ref, c_ref, a_ref, h_ref = nnlite.backend.Backend().lstm_cell_forward(
+        z, c_prev, act, rec)
     for kernel in (K.lstm_cell_forward.serial, K.lstm_cell_forward.parallel,
                    K.lstm_cell_forward.py_func):
-        gates, outs = gates0.copy(), [np.empty((n, u), dtype) for _ in range(3)]
-        kernel(gates, hz0.copy(), c_prev, *codes, *outs)
-        for got, want in zip([gates] + outs, [gates_ref, c_ref, a_ref, h_ref]):
+        outs = [np.empty((n, 4 * u), dtype)] + [np.empty((n, u), dtype) for _ in range(3)]
+        kernel(z.copy(), c_prev, *codes, *outs)
+        for got, want in zip(outs, [gates_ref, c_ref, a_ref, h_ref]):
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
     dh = rng.normal(size=(n, u)).astype(dtype)
@@ -179,11 +177,11 @@ def test_numba_cell_kernels_write_no_subnormals(dtype):
 
     rng = np.random.default_rng(7)
     n, u = 8, 16
-    gates = (rng.normal(size=(n, 4 * u)) * 300).astype(dtype)
-    hz = np.zeros((n, 4 * u), dtype)
+    z = (rng.normal(size=(n, 4 * u)) * 300).astype(dtype)
     c_prev = (rng.normal(size=(n, u)) * 1e-3).astype(dtype)
+    gates = np.empty_like(z)
     c, act_c, h = (np.empty((n, u), dtype) for _ in range(3))
-    K.lstm_cell_forward(gates.size, gates, hz, c_prev, K.TANH, K.SIGMOID, c, act_c, h)
+    K.lstm_cell_forward(z.size, z, c_prev, K.TANH, K.SIGMOID, gates, c, act_c, h)
     dh = (rng.normal(size=(n, u)) * 1e-6).astype(dtype)
     dc = (rng.normal(size=(n, u)) * 1e-6).astype(dtype)
     dz = np.empty_like(gates)

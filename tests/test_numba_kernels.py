@@ -17,6 +17,7 @@ multiple of a block size or of a SIMD width.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import numpy as np
@@ -506,36 +507,30 @@ LSTM_IDS = [f"{a}-{r}" for a, r in LSTM_CODES]
 
 def _lstm_inputs(dtype, n=9, u=7, seed=12):
     r = rng(seed)
-    gates = r.standard_normal((n, 4 * u)).astype(dtype)
-    hz = r.standard_normal((n, 4 * u)).astype(dtype)
+    z = (2 * r.standard_normal((n, 4 * u))).astype(dtype)
     # Pre-activations kept away from ReLU's kink (|z| ≥ 0.05).
-    total = gates.astype(np.float64) + hz
-    hz += (np.where(total >= 0, 0.05, -0.05)).astype(dtype)
+    z += (np.where(z >= 0, 0.05, -0.05)).astype(dtype)
     c_prev = r.standard_normal((n, u)).astype(dtype)
-    return gates, hz, c_prev
+    return z, c_prev
 
 
 @needs_lstm
 @pytest.mark.parametrize("act,rec", LSTM_CODES, ids=LSTM_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lstm_cell_forward(dtype, act, rec):
-    gates, hz, c_prev = _lstm_inputs(dtype)
-    g_ref = gates.copy()
-    c_ref, a_ref, h_ref = REF.lstm_cell_forward(g_ref, hz.copy(), c_prev.copy(),
-                                                activations.get(act), activations.get(rec))
+    z, c_prev = _lstm_inputs(dtype)
+    refs = REF.lstm_cell_forward(z.copy(), c_prev.copy(), activations.get(act),
+                                 activations.get(rec))
 
     def make_args():
         nan = np.full_like(c_prev, np.nan)
-        return (gates.copy(), hz.copy(), c_prev.copy(), K.CODES[act], K.CODES[rec],
+        return (z.copy(), c_prev.copy(), K.CODES[act], K.CODES[rec], np.full_like(z, np.nan),
                 nan.copy(), nan.copy(), nan.copy())
 
-    # hz (argument 1) may serve as scratch: the kernel's docstring allows it to be overwritten.
-    scratch = "scratch" in (K.lstm_cell_forward.__doc__ or "")
-    results = run_variants(K.lstm_cell_forward, make_args, outputs=(0, 5, 6, 7),
-                           inputs=(2,) if scratch else (1, 2))
+    results = run_variants(K.lstm_cell_forward, make_args, outputs=(4, 5, 6, 7), inputs=(0, 1))
     for returned, _ in results.values():
         assert returned is None
-    check_variants(results, [g_ref, c_ref, a_ref, h_ref], dtype, f"lstm forward {act}/{rec}")
+    check_variants(results, list(refs), dtype, f"lstm forward {act}/{rec}")
 
 
 @needs_lstm
@@ -543,10 +538,9 @@ def test_lstm_cell_forward(dtype, act, rec):
 @pytest.mark.parametrize("act,rec", LSTM_CODES, ids=LSTM_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lstm_cell_backward(dtype, act, rec, has_dy):
-    gates, hz, c_prev = _lstm_inputs(dtype)
+    z, c_prev = _lstm_inputs(dtype)
     act_fn, rec_fn = activations.get(act), activations.get(rec)
-    _, act_c, _ = REF.lstm_cell_forward(gates, hz, c_prev, act_fn, rec_fn)  # gates -> [i f g o]
-    act_c = np.array(act_c)
+    gates, _, act_c, _ = (np.array(a) for a in REF.lstm_cell_forward(z, c_prev, act_fn, rec_fn))
     r = rng(13)
     dh, dy, dc = (r.standard_normal(c_prev.shape).astype(dtype) for _ in range(3))
     dc_ref = dc.copy()
@@ -576,13 +570,26 @@ needs_lstm_sequence = pytest.mark.skipif(
 )
 
 
-def _lstm_sequence_inputs(dtype, t=5, n=9, u=7, seed=21):
+def _lstm_sequence_inputs(dtype, t=5, n=9, u=7, d=3, seed=21):
+    """xh (T, N, U+D+1) with h_0 and every step's x and ones (the h columns of steps 1..T−1
+    NaN: the walk must write them before it reads them), theta (U+D+1, 4U) and c (T+1, N, U)
+    with c_0 (NaN after)."""
     r = rng(seed)
-    gates = r.standard_normal((t, n, 4 * u)).astype(dtype)
-    recurrent = (0.5 * r.standard_normal((u, 4 * u))).astype(dtype)
-    state = np.full((t + 1, n, u), np.nan, dtype)
-    state[0] = r.standard_normal((n, u))  # h_0, c_0 need not be zero for the kernels
-    return gates, recurrent, state
+    xh = np.full((t, n, u + d + 1), np.nan, dtype)
+    xh[0, :, :u] = r.standard_normal((n, u))  # h_0, c_0 need not be zero for the kernels
+    xh[:, :, u:u + d] = r.standard_normal((t, n, d))
+    xh[:, :, u + d] = 1
+    theta = (0.5 * r.standard_normal((u + d + 1, 4 * u))).astype(dtype)
+    c = np.full((t + 1, n, u), np.nan, dtype)
+    c[0] = r.standard_normal((n, u))
+    return xh, theta, c
+
+
+def _lstm_sequence_outputs(xh, c):
+    """NaN-filled gates (T, N, 4U), h and φ(c) (T, N, U), hz (N, 4U) for one forward walk."""
+    (t, n, _), u = xh.shape, c.shape[2]
+    full = functools.partial(np.full, fill_value=np.nan, dtype=xh.dtype)
+    return full((t, n, 4 * u)), full((t, n, u)), full((t, n, u)), full((n, 4 * u))
 
 
 def _row_blocks(n):
@@ -594,32 +601,35 @@ def _row_blocks(n):
 @pytest.mark.parametrize("act,rec", LSTM_CODES, ids=LSTM_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lstm_forward_sequence(dtype, act, rec):
-    gates0, recurrent, state = _lstm_sequence_inputs(dtype)
-    t, n, u4 = gates0.shape
-    u = u4 // 4
+    xh0, theta, c0 = _lstm_sequence_inputs(dtype)
     act_fn, rec_fn = activations.get(act), activations.get(rec)
-    g_ref, c_ref, h_ref = gates0.copy(), state.copy(), state.copy()
-    h_ref[0] = c_ref[0][::-1]
-    a_ref = np.full((t, n, u), np.nan, dtype)
-    REF.lstm_forward_sequence(g_ref, recurrent, c_ref, h_ref, a_ref, np.empty((n, u4), dtype),
-                              act_fn, rec_fn)
-    assert np.all(np.isfinite(h_ref))
+    xh_ref, c_ref = xh0.copy(), c0.copy()
+    g_ref, h_ref, a_ref, hz = _lstm_sequence_outputs(xh0, c0)
+    REF.lstm_forward_sequence(xh_ref, theta, g_ref, c_ref, h_ref, a_ref, hz, act_fn, rec_fn)
+    assert np.all(np.isfinite(h_ref)) and np.all(np.isfinite(xh_ref))
     for variant in ("py_func", "compiled"):
         kernel = K.lstm_forward_sequence
         kernel = kernel.py_func if variant == "py_func" else kernel
-        for blocks in _row_blocks(n):
-            g, c, h = gates0.copy(), state.copy(), state.copy()
-            h[0] = c[0][::-1]
-            a, hz = np.full((t, n, u), np.nan, dtype), np.full((n, u4), np.nan, dtype)
-            rec_before = recurrent.copy()
+        for blocks in _row_blocks(xh0.shape[1]):
+            xh, c = xh0.copy(), c0.copy()
+            g, h, a, hz = _lstm_sequence_outputs(xh0, c0)
+            theta_before = theta.copy()
             for r0, r1 in blocks:
-                assert kernel(g, recurrent, c, h, a, hz, K.CODES[act], K.CODES[rec], r0, r1) \
-                    is None
-            np.testing.assert_array_equal(recurrent, rec_before)
+                assert kernel(xh, theta, g, c, h, a, hz, K.CODES[act], K.CODES[rec], r0,
+                              r1) is None
+            np.testing.assert_array_equal(theta, theta_before)
             what = f"lstm forward sequence {act}/{rec} {variant} blocks {blocks}"
-            for got, want in zip((g, c, h, a), (g_ref, c_ref, h_ref, a_ref)):
+            for got, want in zip((xh, g, c, h, a), (xh_ref, g_ref, c_ref, h_ref, a_ref)):
                 assert got.dtype == np.dtype(dtype), what
                 assert_close(got, want, dtype, what)
+
+
+def _lstm_forward_reference(dtype, act_fn, rec_fn, **sizes):
+    """One reference forward walk: (xh, theta, gates, c, h, act_c)."""
+    xh, theta, c = _lstm_sequence_inputs(dtype, **sizes)
+    gates, h, act_c, hz = _lstm_sequence_outputs(xh, c)
+    REF.lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, act_fn, rec_fn)
+    return xh, theta, gates, c, h, act_c
 
 
 @needs_lstm_sequence
@@ -627,15 +637,11 @@ def test_lstm_forward_sequence(dtype, act, rec):
 @pytest.mark.parametrize("act,rec", LSTM_CODES, ids=LSTM_IDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lstm_backward_sequence(dtype, act, rec, sequences):
-    gates, recurrent, state = _lstm_sequence_inputs(dtype)
+    act_fn, rec_fn = activations.get(act), activations.get(rec)
+    _, theta, gates, c, _, act_c = _lstm_forward_reference(dtype, act_fn, rec_fn)
     t, n, u4 = gates.shape
     u = u4 // 4
-    act_fn, rec_fn = activations.get(act), activations.get(rec)
-    c, h = state.copy(), state.copy()
-    h[0] = 0.5 * c[0]
-    act_c = np.empty((t, n, u), dtype)
-    REF.lstm_forward_sequence(gates, recurrent, c, h, act_c, np.empty((n, u4), dtype), act_fn,
-                              rec_fn)  # gates -> [i f g o]
+    recurrent = theta[:u]
     dy = rng(22).standard_normal((t if sequences else 1, n, u)).astype(dtype)
     nan = np.full((n, u), np.nan, dtype)
     dz_ref = np.full_like(gates, np.nan)
@@ -679,25 +685,23 @@ def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
     pools = []
     original_pool = backend._thread_pool
     monkeypatch.setattr(backend, "_thread_pool", lambda k: pools.append(k) or original_pool(k))
-    gates0, recurrent, state = _lstm_sequence_inputs(dtype, n=11)
-    t, n, u4 = gates0.shape
-    u = u4 // 4
+    xh0, theta, c0 = _lstm_sequence_inputs(dtype, n=11)
+    t, n, width = xh0.shape
+    u = c0.shape[2]
     tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
     results = []
     for impl in (REF, backend):
-        g, c, h = gates0.copy(), state.copy(), state.copy()
-        a = np.empty((t, n, u), dtype)
-        impl.lstm_forward_sequence(g, recurrent, c, h, a, np.empty((n, u4), dtype), tanh,
-                                   sigmoid)
+        xh, c = xh0.copy(), c0.copy()
+        g, h, a, hz = _lstm_sequence_outputs(xh0, c0)
+        impl.lstm_forward_sequence(xh, theta, g, c, h, a, hz, tanh, sigmoid)
         dz, dc = np.empty_like(g), np.empty((n, u), dtype)
         dy = rng(3).standard_normal((n, u)).astype(dtype)[None]
-        impl.lstm_backward_sequence(dy, g, recurrent, c, a, np.empty((n, u), dtype), dc, dz,
+        impl.lstm_backward_sequence(dy, g, theta[:u], c, a, np.empty((n, u), dtype), dc, dz,
                                     tanh, sigmoid)
-        # The layer's weight gradients: [h_{t−1}, 1]ᵀ·dz_t over all steps, a column split.
-        hb = np.concatenate([h[:t], np.ones((t, n, 1), dtype)], axis=2).reshape(t * n, u + 1)
-        wgrad = np.full((u + 1, u4), np.nan, dtype)
-        impl.matmul(hb.T, dz.reshape(t * n, u4), out=wgrad)
-        results.append((g, c, h, a, dz, dc, wgrad))
+        # The layer's weight gradients: xh_tᵀ·dz_t summed over all steps, a column split.
+        wgrad = np.full((width, 4 * u), np.nan, dtype)
+        impl.matmul(xh.reshape(t * n, width).T, dz.reshape(t * n, 4 * u), out=wgrad)
+        results.append((xh, g, c, h, a, dz, dc, wgrad))
     for k, (got, want) in enumerate(zip(results[1], results[0])):
         assert_close(got, want, dtype, f"output {k}")
     import numba
@@ -715,11 +719,11 @@ def test_numba_lstm_row_blocks_wait_for_single_threaded_blas(monkeypatch):
     backend = numba_backend.NumbaBackend()
     monkeypatch.setattr(backend, "_thread_pool", lambda k: pytest.fail("row blocks were used"))
     monkeypatch.setattr(config, "blas_single_threaded", lambda: False)
-    gates, recurrent, state = _lstm_sequence_inputs("float64", n=11)
-    t, n, u4 = gates.shape
+    xh, theta, c = _lstm_sequence_inputs("float64", n=11)
     tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
-    backend.lstm_forward_sequence(gates, recurrent, state.copy(), state.copy(),
-                                  np.empty((t, n, u4 // 4)), np.empty((n, u4)), tanh, sigmoid)
+    gates, h, act_c, hz = _lstm_sequence_outputs(xh, c)
+    backend.lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, tanh, sigmoid)
+    assert np.all(np.isfinite(h))
 
 
 @pytest.mark.parametrize("shape", [(300, 40, 70), (30, 200, 150)], ids=["tall", "wide"])

@@ -110,13 +110,13 @@ def _lstm_kernel(direction: str, activation: str, recurrent_activation: str):
     act, rec = activation, recurrent_activation
     name = f"nnlite_lstm_{direction}_{act}_{rec}"
     if direction == "forward":
-        # gates is written in place (the activations replace the pre-activations): an output.
+        # z (pre-activations) is read, gates (their activations) written: both (N, 4U), raw.
         body = (
             _LSTM_INDEX
-            + " const T zi = gates[at] + hz[at];"
-            " const T zf = gates[at + u] + hz[at + u];"
-            " const T zg = gates[at + 2 * u] + hz[at + 2 * u];"
-            " const T zo = gates[at + 3 * u] + hz[at + 3 * u];"
+            + " const T zi = z[at];"
+            " const T zf = z[at + u];"
+            " const T zg = z[at + 2 * u];"
+            " const T zo = z[at + 3 * u];"
             f" const T gi = {_lstm_fn(rec, 'zi')};"
             f" const T gf = {_lstm_fn(rec, 'zf')};"
             f" const T gg = {_lstm_fn(act, 'zg')};"
@@ -126,7 +126,7 @@ def _lstm_kernel(direction: str, activation: str, recurrent_activation: str):
             f" const T act_cell = {_lstm_fn(act, 'cell')};"
             " c = cell; act_c = act_cell; h = go * act_cell;"
         )
-        return cupy.ElementwiseKernel("raw T hz, T c_prev, int64 u",
+        return cupy.ElementwiseKernel("raw T z, T c_prev, int64 u",
                                       "raw T gates, T c, T act_c, T h", body, name)
     if direction == "backward":
         # dc is read (∂L/∂c_t) and overwritten (∂L/∂c_{t−1}): an output.
@@ -242,25 +242,25 @@ class CupyBackend(Backend):
 
     # -- LSTM ----------------------------------------------------------------------------------
 
-    def lstm_cell_forward(self, gates, hz, c_prev, activation, recurrent_activation, out=None):
-        """One kernel launch: ``gates += hz``, the gate activations into ``gates``, c, φ(c), h.
+    def lstm_cell_forward(self, z, c_prev, activation, recurrent_activation, out=None):
+        """One kernel launch: the gate activations of ``z`` into ``gates``, c, φ(c), h.
 
-        Math as :meth:`Backend.lstm_cell_forward`; ``hz`` is only read. ``out`` entries that
+        Math as :meth:`Backend.lstm_cell_forward`; ``z`` is only read. ``out`` entries that
         are None are allocated, as the base class does.
         """
         shape = c_prev.shape
-        outs = out if out is not None else (None, None, None)
-        given = tuple(o for o in outs if o is not None)
-        if (len(shape) != 2 or gates.shape != (shape[0], 4 * shape[1]) or hz.shape != gates.shape
-                or any(o.shape != shape for o in given)
+        outs = out if out is not None else (None, None, None, None)
+        if (len(shape) != 2 or z.shape != (shape[0], 4 * shape[1])
+                or (outs[0] is not None and outs[0].shape != z.shape)
+                or any(o is not None and o.shape != shape for o in outs[1:])
                 or not _lstm_fusable(activation, recurrent_activation,
-                                     (gates, hz, c_prev) + given)):
-            return super().lstm_cell_forward(gates, hz, c_prev, activation,
-                                             recurrent_activation, out)
-        c, act_c, h = (o if o is not None else cupy.empty_like(c_prev) for o in outs)
+                                     (z, c_prev) + tuple(o for o in outs if o is not None))):
+            return super().lstm_cell_forward(z, c_prev, activation, recurrent_activation, out)
+        gates, c, act_c, h = (o if o is not None else cupy.empty_like(like)
+                              for o, like in zip(outs, (z, c_prev, c_prev, c_prev)))
         _lstm_kernel("forward", activation.name, recurrent_activation.name)(
-            hz, c_prev, shape[1], gates, c, act_c, h)
-        return c, act_c, h
+            z, c_prev, shape[1], gates, c, act_c, h)
+        return gates, c, act_c, h
 
     def lstm_cell_backward(self, dh, dy, dc, gates, c_prev, act_c, activation,
                            recurrent_activation, out=None):

@@ -293,14 +293,15 @@ class NumbaBackend(Backend):
                                     np.zeros(1, np.int64))
             # The LSTM cell with Keras's default activations (tanh, sigmoid).
             tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
-            gates, hz, c_prev = np.zeros((2, 8), dt), np.zeros((2, 8), dt), np.zeros((2, 2), dt)
-            c, act_c, h = self.lstm_cell_forward(gates, hz, c_prev, tanh, sigmoid)
+            hz, c_prev = np.zeros((2, 8), dt), np.zeros((2, 2), dt)
+            gates, c, act_c, h = self.lstm_cell_forward(hz, c_prev, tanh, sigmoid)
             self.lstm_cell_backward(h, h, np.zeros_like(c), gates, c_prev, act_c, tanh, sigmoid)
-            # The compiled time loops (two steps of the same cell).
-            gates, c, h = np.zeros((2, 2, 8), dt), np.zeros((3, 2, 2), dt), np.zeros((3, 2, 2), dt)
+            # The compiled time loops (two steps of the same cell; xh_s = [h_s, x_{s+1}, 1]).
+            gates, c, h = np.zeros((2, 2, 8), dt), np.zeros((3, 2, 2), dt), np.zeros((2, 2, 2), dt)
             act_c, recurrent = np.zeros((2, 2, 2), dt), np.zeros((2, 8), dt)
-            self.lstm_forward_sequence(gates, recurrent, c, h, act_c, hz, tanh, sigmoid)
-            self.lstm_backward_sequence(h[1:], gates, recurrent, c, act_c, c_prev,
+            xh, theta = np.zeros((2, 2, 4), dt), np.zeros((4, 8), dt)
+            self.lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, tanh, sigmoid)
+            self.lstm_backward_sequence(h, gates, recurrent, c, act_c, c_prev,
                                         np.zeros_like(c_prev), np.zeros_like(gates), tanh, sigmoid)
 
     # -- LSTM ----------------------------------------------------------------------------------
@@ -314,15 +315,16 @@ class NumbaBackend(Backend):
             return None
         return codes
 
-    def lstm_cell_forward(self, gates, hz, c_prev, activation, recurrent_activation, out=None):
-        codes = self._lstm_codes(activation, recurrent_activation, gates, hz, c_prev)
+    def lstm_cell_forward(self, z, c_prev, activation, recurrent_activation, out=None):
+        outs = out if out is not None else (None, None, None, None)
+        given = tuple(o for o in outs if o is not None)
+        codes = self._lstm_codes(activation, recurrent_activation, z, c_prev, *given)
         if codes is None:
-            return super().lstm_cell_forward(gates, hz, c_prev, activation,
-                                             recurrent_activation, out)
-        c, act_c, h = (o if o is not None else np.empty_like(c_prev)
-                       for o in (out if out is not None else (None, None, None)))
-        K.lstm_cell_forward(gates.size, gates, hz, c_prev, *codes, c, act_c, h)
-        return c, act_c, h
+            return super().lstm_cell_forward(z, c_prev, activation, recurrent_activation, out)
+        gates, c, act_c, h = (o if o is not None else np.empty_like(like)
+                              for o, like in zip(outs, (z, c_prev, c_prev, c_prev)))
+        K.lstm_cell_forward(z.size, z, c_prev, *codes, gates, c, act_c, h)
+        return gates, c, act_c, h
 
     def lstm_cell_backward(self, dh, dy, dc, gates, c_prev, act_c, activation,
                            recurrent_activation, out=None):
@@ -381,15 +383,15 @@ class NumbaBackend(Backend):
             self._pool_key = key
         return self._pool
 
-    def lstm_forward_sequence(self, gates, recurrent_kernel, c, h, act_c, hz, activation,
+    def lstm_forward_sequence(self, xh, theta, gates, c, h, act_c, hz, activation,
                               recurrent_activation):
-        codes = self._lstm_sequence_codes(activation, recurrent_activation, gates,
-                                          recurrent_kernel, c, h, act_c, hz)
+        codes = self._lstm_sequence_codes(activation, recurrent_activation, gates, xh, theta,
+                                          c, h, act_c, hz)
         if codes is None:
-            return super().lstm_forward_sequence(gates, recurrent_kernel, c, h, act_c, hz,
-                                                 activation, recurrent_activation)
-        self._by_row_blocks(K.lstm_forward_sequence, gates.shape[1], gates, recurrent_kernel,
-                            c, h, act_c, hz, *codes)
+            return super().lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, activation,
+                                                 recurrent_activation)
+        self._by_row_blocks(K.lstm_forward_sequence, gates.shape[1], xh, theta, gates, c, h,
+                            act_c, hz, *codes)
 
     def lstm_backward_sequence(self, dy, gates, recurrent_kernel, c, act_c, dh, dc, dz,
                                activation, recurrent_activation):

@@ -806,36 +806,33 @@ def _lstm_grad_row(y, out, code):
 
 
 @bind()
-def lstm_cell_forward(gates, hz, c_prev, act_code, rec_code, c, act_c, h):
+def lstm_cell_forward(z, c_prev, act_code, rec_code, gates, c, act_c, h):
     """One LSTM step: gate pre-activations to gates, cell and hidden state, row by row.
 
     Shapes:
-        gates: (N, 4U) in: x_t·kernel + bias; out: [i f g o] (in place)
-        hz: (N, 4U) = h_{t−1}·recurrent_kernel (overwritten: scratch)
+        z: (N, 4U) pre-activations (only read)    gates: (N, 4U) out: [i f g o]
         c_prev, c, act_c, h: (N, U)
     Math:
-        i = σ(gates_i + hz_i)   f = σ(·_f)   g = φ(·_g)   o = σ(·_o)
+        i = σ(z_i)   f = σ(z_f)   g = φ(z_g)   o = σ(z_o)
         c = f·c_{t−1} + i·g     act_c = φ(c)     h = o·act_c
     A row (4U values) stays in L1 through its passes; ``prange`` splits the batch. Sigmoid
     gates, c and h are flushed to zero below √tiny (see :func:`lstm_flush`).
     """
-    n = gates.shape[0]
+    n = z.shape[0]
     u = c_prev.shape[1]
     for b in prange(n):
-        z = gates[b]
-        # The sum goes into hz's row (scratch): activating from one array into another lets
-        # LLVM vectorise (in place, its overlap check would pick the scalar loop).
-        s = hz[b]
-        for j in range(4 * u):
-            s[j] += z[j]
-        _lstm_activate_row(s[:2 * u], z[:2 * u], rec_code)
-        _lstm_activate_row(s[2 * u:3 * u], z[2 * u:3 * u], act_code)
-        _lstm_activate_row(s[3 * u:], z[3 * u:], rec_code)
+        # From one array into another: LLVM vectorises these loops (in place, its overlap
+        # check would pick the scalar loop).
+        s = z[b]
+        g = gates[b]
+        _lstm_activate_row(s[:2 * u], g[:2 * u], rec_code)
+        _lstm_activate_row(s[2 * u:3 * u], g[2 * u:3 * u], act_code)
+        _lstm_activate_row(s[3 * u:], g[3 * u:], rec_code)
         for j in range(u):
-            c[b, j] = lstm_flush(z[u + j] * c_prev[b, j] + z[j] * z[2 * u + j])
+            c[b, j] = lstm_flush(g[u + j] * c_prev[b, j] + g[j] * g[2 * u + j])
         _lstm_activate_row(c[b], act_c[b], act_code)
         for j in range(u):
-            h[b, j] = lstm_flush(z[3 * u + j] * act_c[b, j])
+            h[b, j] = lstm_flush(g[3 * u + j] * act_c[b, j])
 
 
 @bind()
@@ -875,33 +872,39 @@ def lstm_cell_backward(dh, dy, has_dy, dc, gates, c_prev, act_c, act_code, rec_c
 # ----------------------------------------------------------------------------------------------
 # LSTM: the walk through time in one compiled function (np.dot calls BLAS directly)
 #
-# Per step the layer does one small GEMM (N x U x 4U) and one cell kernel; from Python each step
-# also paid for two dispatches and argument checks. Here the loop, the GEMMs (Numba's np.dot:
-# SciPy's BLAS) and the serial cell kernels run without leaving compiled code, over the batch
-# rows r0:r1. The rows of a batch never mix in the recurrence, so the backend can walk disjoint
-# row blocks on several threads at once (``nogil``): one synchronisation per walk, where a
-# threaded BLAS would synchronise at every step's small GEMM.
+# Per step the layer does one small GEMM (N x (U+D+1) x 4U) and one cell kernel; from Python
+# each step also paid for two dispatches and argument checks. Here the loop, the GEMMs (Numba's
+# np.dot: SciPy's BLAS) and the serial cell kernels run without leaving compiled code, over the
+# batch rows r0:r1. The rows of a batch never mix in the recurrence, so the backend can walk
+# disjoint row blocks on several threads at once (``nogil``): one synchronisation per walk,
+# where a threaded BLAS would synchronise at every step's small GEMM.
 # ----------------------------------------------------------------------------------------------
 
 
-def lstm_forward_sequence(gates, recurrent, c, h, act_c, hz, act_code, rec_code, r0, r1):
-    """Forward through all T steps for batch rows r0:r1: ``hz = h_{t−1} · recurrent``, then
-    the cell.
+def lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, act_code, rec_code, r0, r1):
+    """Forward through all T steps for batch rows r0:r1: ``hz = xh_s · theta``, the cell,
+    and h_t into the next step's xh.
 
-    Shapes:
-        gates: (T, N, 4U) in: x_t·kernel + bias; out: [i f g o] of every step
-        recurrent: (U, 4U)   hz: (N, 4U) scratch
-        c, h: (T+1, N, U), c[0] and h[0] read, 1..T written   act_c: (T, N, U) written
+    Shapes (W = U + D + 1, or U + D without a bias):
+        xh: (T, N, W), row block s = [h_s, x_{s+1}, 1]; h columns of steps 1..T−1 written
+        theta: (W, 4U) = [recurrent_kernel; kernel; bias]
+        gates: (T, N, 4U) written: [i f g o] of every step      hz: (N, 4U) scratch
+        c: (T+1, N, U), c[0] read, 1..T written      h, act_c: (T, N, U) written (h_1..h_T)
     Math, for s = 0..T−1 (each array restricted to rows r0:r1):
-        hz = h[s] · recurrent
-        i, f, g, o from gates[s] + hz     c[s+1] = f·c[s] + i·g
-        act_c[s] = φ(c[s+1])              h[s+1] = o·act_c[s]     (see lstm_cell_forward)
+        hz = xh[s] · theta            (= h_s·recurrent_kernel + x_{s+1}·kernel + bias)
+        gates[s] = [σ(z_i) σ(z_f) φ(z_g) σ(z_o)] of hz     c[s+1] = f·c[s] + i·g
+        act_c[s] = φ(c[s+1])          h[s] = o·act_c[s]     (see lstm_cell_forward)
+        xh[s+1][:, :U] = h[s]         (s < T−1)
     All arrays C-contiguous and of one dtype; only rows r0:r1 are read or written.
     """
-    for s in range(gates.shape[0]):
-        np.dot(h[s, r0:r1], recurrent, hz[r0:r1])
-        lstm_cell_forward_serial(gates[s, r0:r1], hz[r0:r1], c[s, r0:r1], act_code, rec_code,
-                                 c[s + 1, r0:r1], act_c[s, r0:r1], h[s + 1, r0:r1])
+    t = gates.shape[0]
+    u = c.shape[2]
+    for s in range(t):
+        np.dot(xh[s, r0:r1], theta, hz[r0:r1])
+        lstm_cell_forward_serial(hz[r0:r1], c[s, r0:r1], act_code, rec_code, gates[s, r0:r1],
+                                 c[s + 1, r0:r1], act_c[s, r0:r1], h[s, r0:r1])
+        if s + 1 < t:
+            xh[s + 1, r0:r1, :u] = h[s, r0:r1]
 
 
 def lstm_backward_sequence(dy, gates, recurrent, c, act_c, dh, dc, dz, act_code, rec_code,

@@ -237,31 +237,30 @@ class Backend:
 
     # -- LSTM (one time step, and the walk over the sequence) ----------------------------------
 
-    def lstm_cell_forward(self, gates, hz, c_prev, activation, recurrent_activation, out=None):
+    def lstm_cell_forward(self, z, c_prev, activation, recurrent_activation, out=None):
         """One LSTM step with fused gates (Keras's gate order i, f, c, o).
 
         Shapes:
-            gates: (N, 4U), on entry ``x_t · kernel + bias``, on return the gate activations
-                   ``[i f g o]`` (overwritten in place: backward needs them, not the inputs)
-            hz: (N, 4U) = h_{t−1} · recurrent_kernel (a backend may use it as scratch)
+            z: (N, 4U), the gate pre-activations [z_i z_f z_g z_o] of this step (only read)
             c_prev: (N, U) = c_{t−1}
-            out: optional preallocated ``(c, act_c, h)``, each (N, U)
+            out: optional preallocated ``(gates, c, act_c, h)``: gates (N, 4U), the others
+                 (N, U); entries may be None
 
         Math (σ: recurrent_activation, φ: activation):
-            z = gates + hz = [z_i z_f z_g z_o]
-            i = σ(z_i)  f = σ(z_f)  g = φ(z_g)  o = σ(z_o)
+            i = σ(z_i)  f = σ(z_f)  g = φ(z_g)  o = σ(z_o)       gates = [i f g o]
             c = f ⊙ c_{t−1} + i ⊙ g        act_c = φ(c)        h = o ⊙ act_c
 
         Returns:
-            ``(c, act_c, h)``.
+            ``(gates, c, act_c, h)``; backward needs the gates' activations, not z.
         """
         u = c_prev.shape[1]
-        gates += hz
-        gates[:, :2 * u] = recurrent_activation.forward(gates[:, :2 * u])
-        gates[:, 2 * u:3 * u] = activation.forward(gates[:, 2 * u:3 * u])
-        gates[:, 3 * u:] = recurrent_activation.forward(gates[:, 3 * u:])
+        gates, c, act_c, h = out if out is not None else (None, None, None, None)
+        if gates is None:
+            gates = self.xp.empty_like(z)
+        gates[:, :2 * u] = recurrent_activation.forward(z[:, :2 * u])
+        gates[:, 2 * u:3 * u] = activation.forward(z[:, 2 * u:3 * u])
+        gates[:, 3 * u:] = recurrent_activation.forward(z[:, 3 * u:])
         i, f, g, o = gates[:, :u], gates[:, u:2 * u], gates[:, 2 * u:3 * u], gates[:, 3 * u:]
-        c, act_c, h = out if out is not None else (None, None, None)
         c = self.xp.multiply(f, c_prev, out=c)
         c += i * g
         if act_c is None:
@@ -269,7 +268,7 @@ class Backend:
         else:
             act_c[...] = activation.forward(c)
         h = self.xp.multiply(o, act_c, out=h)
-        return c, act_c, h
+        return gates, c, act_c, h
 
     def lstm_cell_backward(self, dh, dy, dc, gates, c_prev, act_c, activation,
                            recurrent_activation, out=None):
@@ -308,25 +307,30 @@ class Backend:
         dc *= f
         return dz
 
-    def lstm_forward_sequence(self, gates, recurrent_kernel, c, h, act_c, hz, activation,
+    def lstm_forward_sequence(self, xh, theta, gates, c, h, act_c, hz, activation,
                               recurrent_activation):
         """The LSTM's walk forward through time: per step one GEMM and one cell.
 
-        Shapes:
-            gates: (T, N, 4U), on entry ``x_t · kernel + bias`` of every step, on return the
-                   gate activations ``[i f g o]`` of every step
-            recurrent_kernel: (U, 4U)
-            c, h: (T+1, N, U) with ``c[0]``, ``h[0]`` the initial states; steps 1..T written
-            act_c: (T, N, U) = φ(c_1..c_T), written      hz: (N, 4U) scratch
+        Shapes (W = U + D + 1, or U + D without a bias):
+            xh: (T, N, W), row block s = [h_s, x_{s+1}, 1]: on entry the x and ones columns of
+                every step and h_0; the h columns of steps 1..T−1 are written
+            theta: (W, 4U) = [recurrent_kernel; kernel; bias]
+            gates: (T, N, 4U), written: the gate activations ``[i f g o]`` of every step
+            c: (T+1, N, U) with ``c[0]`` the initial state; steps 1..T written
+            h, act_c: (T, N, U) = h_1..h_T and φ(c_1..c_T), written      hz: (N, 4U) scratch
 
         Math, for s = 0..T−1 (step t = s+1):
-            hz = h_{t−1} · recurrent_kernel
-            (c_t, φ(c_t), h_t) = lstm_cell_forward(gates_t, hz, c_{t−1})
+            hz = xh_s · theta = h_{t−1} · recurrent_kernel + x_t · kernel + bias
+            (gates_t, c_t, φ(c_t), h_t) = lstm_cell_forward(hz, c_{t−1})
+            xh_{s+1}[:, :U] = h_t     (the next step's GEMM reads it there)
         """
-        for s in range(gates.shape[0]):
-            self.matmul(h[s], recurrent_kernel, out=hz)
-            self.lstm_cell_forward(gates[s], hz, c[s], activation, recurrent_activation,
-                                   out=(c[s + 1], act_c[s], h[s + 1]))
+        t, u = gates.shape[0], c.shape[2]
+        for s in range(t):
+            self.matmul(xh[s], theta, out=hz)
+            self.lstm_cell_forward(hz, c[s], activation, recurrent_activation,
+                                   out=(gates[s], c[s + 1], act_c[s], h[s]))
+            if s + 1 < t:
+                xh[s + 1, :, :u] = h[s]
 
     def lstm_backward_sequence(self, dy, gates, recurrent_kernel, c, act_c, dh, dc, dz,
                                activation, recurrent_activation):

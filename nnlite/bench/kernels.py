@@ -294,22 +294,19 @@ def run_fused(workloads: list[Workload], quick: bool) -> list:
     for n, u in lstm_shapes:
         rng = _rng(n + u)
         sig, tanh = activations.get("sigmoid"), activations.get("tanh")
-        g0 = rng.standard_normal((n, 4 * u), dtype=f32)
-        hz0 = rng.standard_normal((n, 4 * u), dtype=f32)
+        z = rng.standard_normal((n, 4 * u), dtype=f32)
         c_prev = rng.standard_normal((n, u), dtype=f32)
-        buf = {"f": (g0.copy(), hz0.copy()), "u": (g0.copy(), hz0.copy())}
+        outs = {key: (np.empty_like(z),) + tuple(np.empty_like(c_prev) for _ in range(3))
+                for key in ("f", "u")}
 
         def cell(backend, key):
-            # Both inputs are restored each call: gates is updated in place and the backend
-            # may use hz as scratch.
-            gates, hz = buf[key]
-            np.copyto(gates, g0)
-            np.copyto(hz, hz0)
-            return (gates,) + tuple(backend.lstm_cell_forward(gates, hz, c_prev, tanh, sig))
+            # z and c_prev are only read; gates, c, φ(c) and h are written.
+            return backend.lstm_cell_forward(z, c_prev, tanh, sig, out=outs[key])
 
         records.append(_pair("lstm cell forward", (n, u), lambda: cell(nb, "f"),
-                             lambda: cell(ref, "u"), lambda r: r, 4 * g0.nbytes * 2, quick))
-        gates = 1 / (1 + np.exp(-g0))
+                             lambda: cell(ref, "u"), lambda r: r,
+                             3 * z.nbytes, quick))  # z in, gates out, four (N, U) arrays
+        gates = 1 / (1 + np.exp(-z))
         act_c = np.tanh(c_prev)
         dh0 = rng.standard_normal((n, u), dtype=f32)
         dc0 = rng.standard_normal((n, u), dtype=f32)
@@ -323,7 +320,8 @@ def run_fused(workloads: list[Workload], quick: bool) -> list:
             return dz, dc
 
         records.append(_pair("lstm cell backward", (n, u), lambda: cell_b(nb, "f"),
-                             lambda: cell_b(ref, "u"), lambda r: r, 2 * g0.nbytes * 2, quick))
+                             lambda: cell_b(ref, "u"), lambda r: r,
+                             13 * z.nbytes // 4, quick))  # gates, dz; five (N, U) arrays
     records += _stack_steps(workloads, nb, ref, quick)
     return records
 

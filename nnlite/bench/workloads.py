@@ -93,10 +93,11 @@ class Workload:
         shapes = []
         if self.lstm:
             u = self.lstm
-            shapes.append((f"{self.name} LSTM input x·W", b * ROWS, COLS, 4 * u))
-            shapes.append((f"{self.name} LSTM recurrent h·R", b, u, 4 * u))
-            # backward's weight gradients, one GEMM: [x_t, h_{t−1}, 1]ᵀ · dz_t over all steps
-            shapes.append((f"{self.name} LSTM dW [x h 1]ᵀ·dz", COLS + u + 1, b * ROWS, 4 * u))
+            w = u + COLS + 1  # xh_t = [h_{t−1}, x_t, 1]
+            shapes.append((f"{self.name} LSTM step xh·θ", b, w, 4 * u))
+            shapes.append((f"{self.name} LSTM dh dz·Rᵀ", b, 4 * u, u))
+            # backward's weight gradients, one GEMM over all steps: Σ_t xh_tᵀ · dz_t
+            shapes.append((f"{self.name} LSTM dθ xhᵀ·dz", w, b * ROWS, 4 * u))
             return shapes
         dims = [INPUTS, *self.hidden, CLASSES]
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):

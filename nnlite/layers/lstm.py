@@ -82,6 +82,8 @@ class LSTM(Layer):
     Math (σ = recurrent_activation, φ = activation, ⊙ elementwise, h_0 = c_0 = 0):
         forward, for t = 1..T:
             z_t = x_t · kernel + h_{t−1} · recurrent_kernel + bias        z_t: (N, 4U)
+                = xh_t · theta, one GEMM, with xh_t = [h_{t−1}, x_t, 1]       (N, U+D+1)
+                  and theta = [recurrent_kernel; kernel; bias]               (U+D+1, 4U)
             [z_i z_f z_g z_o] = z_t                                       each (N, U)
             i = σ(z_i)   f = σ(z_f)   g = φ(z_g)   o = σ(z_o)
             c_t = f ⊙ c_{t−1} + i ⊙ g
@@ -93,8 +95,8 @@ class LSTM(Layer):
             di = dc_t ⊙ g    df = dc_t ⊙ c_{t−1}    dg = dc_t ⊙ i
             dz_t = [di ⊙ σ'(z_i)  df ⊙ σ'(z_f)  dg ⊙ φ'(z_g)  do ⊙ σ'(z_o)]    (N, 4U)
             dc_{t−1}^rec = dc_t ⊙ f           dh_{t−1}^rec = dz_t · recurrent_kernelᵀ
-        then, summing over steps (one GEMM over all N·T rows of xh_t = [x_t, h_{t−1}, 1]
-        gives all three: [dkernel; drecurrent_kernel; dbias] = Σ_t xh_tᵀ · dz_t):
+        then, summing over steps (one GEMM over the N·T rows of xh gives all three:
+        [drecurrent_kernel; dkernel; dbias] = Σ_t xh_tᵀ · dz_t):
             dkernel = Σ_t x_tᵀ · dz_t                     (D, 4U)
             drecurrent_kernel = Σ_t h_{t−1}ᵀ · dz_t       (U, 4U)
             dbias = Σ_t Σ_n dz_t[n]                       (4U,)
@@ -102,10 +104,9 @@ class LSTM(Layer):
         Derivatives come from the activations' outputs: σ'(z) = s(1 − s) for s = σ(z),
         tanh' = 1 − y², relu' = [y > 0], linear' = 1.
 
-    Memory: forward keeps, time-major, xh = [x, h, 1] (T, N, D+U+1; x alone, (T, N, D), in
-    inference), the gates (T, N, 4U), c and h (T+1, N, U) and φ(c) (T, N, U) for backward; see
-    :func:`memory_estimate`. The first forward with a new batch shape checks the estimate
-    against available memory and raises
+    Memory: forward keeps, time-major, xh (T, N, U+D+1), the gates' activations (T, N, 4U),
+    c (T+1, N, U), h and φ(c) (T, N, U) for backward; see :func:`memory_estimate`. The
+    first forward with a new batch shape checks the estimate against available memory and raises
     :class:`InsufficientMemoryError` (suggesting a batch size that fits) before allocating.
 
     Example:
@@ -176,8 +177,8 @@ class LSTM(Layer):
         return buf if buf is not None else get_backend().xp.empty(shape, dtype=dtype)
 
     def _xh_width(self, d):
-        """Columns of xh_t = [x_t, h_{t−1}, 1] (no column of ones without a bias)."""
-        return d + self.units + int(self.use_bias)
+        """Columns of xh_t = [h_{t−1}, x_t, 1] (no column of ones without a bias)."""
+        return self.units + d + int(self.use_bias)
 
     def forward(self, x, training=False):
         kernel = self.params["kernel"]
@@ -195,41 +196,42 @@ class LSTM(Layer):
             self._checked_shapes.add((n, t))
         backend = get_backend()
         u, dtype = self.units, kernel.dtype
-        recurrent = self.params["recurrent_kernel"]
-        # Time-major copies: each step then reads and writes contiguous (N, ·) blocks. In
-        # training x_t goes into the first D columns of xh_t = [x_t, h_{t−1}, 1], the rows that
-        # backward's weight-gradient GEMM reads (see backward).
-        xh = self._array("xh", (t, n, self._xh_width(d) if training else d), dtype)
-        x_tm = xh[:, :, :d]
-        x_tm[...] = x.transpose(1, 0, 2)
-        if training and self.use_bias:
-            xh[:, :, d + u] = 1
+        width = self._xh_width(d)
+        # One GEMM per step computes every gate pre-activation: with xh_t = [h_{t−1}, x_t, 1]
+        # and theta = [recurrent_kernel; kernel; bias], z_t = xh_t · theta. Time-major, so each
+        # step reads and writes contiguous (N, ·) blocks; the walk writes h_t into xh_{t+1}.
+        theta = self._array("theta", (width, 4 * u), dtype)
+        theta[:u] = self.params["recurrent_kernel"]
+        theta[u:u + d] = kernel
+        if self.use_bias:
+            theta[u + d] = self.params["bias"]
+        xh = self._array("xh", (t, n, width), dtype)
+        xh[0, :, :u] = 0  # h_0
+        xh[:, :, u:u + d] = x.transpose(1, 0, 2)
+        if self.use_bias:
+            xh[:, :, u + d] = 1
         gates = self._array("gates", (t, n, 4 * u), dtype)
         c = self._array("c", (t + 1, n, u), dtype)
-        h = self._array("h", (t + 1, n, u), dtype)
+        h = self._array("h", (t, n, u), dtype)  # h_1..h_T
         act_c = self._array("act_c", (t, n, u), dtype)
         hz = self._array("hz", (n, 4 * u), dtype)
         c[0] = 0
-        h[0] = 0
-        # The input projection of every step at once: (T·N, D) · (D, 4U) + bias.
-        flat = gates.reshape(t * n, 4 * u)
-        backend.dense_forward(xh.reshape(t * n, -1)[:, :d], kernel, self.params.get("bias"),
-                              activations.get("linear"), out=(flat, flat))
-        # Then per step t = 1..T: hz = h_{t−1}·recurrent_kernel and the fused cell, which turns
-        # gates[t−1] (x_t·kernel + bias) into [i f g o] and writes c_t, φ(c_t), h_t.
-        backend.lstm_forward_sequence(gates, recurrent, c, h, act_c, hz, self.activation,
+        # Per step t = 1..T: z_t = xh_t · theta into hz, then the fused cell, which writes the
+        # gates' activations [i f g o] into gates[t−1], and c_t, φ(c_t), h_t.
+        backend.lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, self.activation,
                                       self.recurrent_activation)
-        self._cache = (xh, gates, c, h, act_c)
+        self._cache = (xh, gates, c, act_c)
         if not self.return_sequences:
-            return h[t]
+            return h[t - 1]
         y = self._array("y", (n, t, u), dtype)
-        y[...] = h[1:].transpose(1, 0, 2)
+        y[...] = h.transpose(1, 0, 2)
         return y
 
     def backward(self, dy):
-        xh, gates, c, h, act_c = self._cache
+        xh, gates, c, act_c = self._cache
+        t, n, width = xh.shape
         u = self.units
-        t, n, d = *xh.shape[:2], self.params["kernel"].shape[0]
+        d = width - u - int(self.use_bias)
         backend = get_backend()
         dtype = gates.dtype
         dz = self._array("dz", (t, n, 4 * u), dtype)
@@ -245,33 +247,23 @@ class LSTM(Layer):
         backend.lstm_backward_sequence(dy_tm, gates, self.params["recurrent_kernel"], c, act_c,
                                        dh, dc, dz, self.activation, self.recurrent_activation)
         dz2 = dz.reshape(t * n, 4 * u)
-        # Every weight gradient in one GEMM over the T·N rows: with xh_t = [x_t, h_{t−1}, 1],
-        # Σ_t xh_tᵀ·dz_t = [dkernel; drecurrent_kernel; dbias] ((D+U+1, 4U); no column of ones
-        # and no dbias without a bias). One GEMM of D+U+1 rows runs faster than a GEMM of D
-        # rows, one of U rows and a column sum.
-        width = self._xh_width(d)
-        if xh.shape[2] != width:  # forward ran with training=False: x alone was kept
-            x_tm, xh = xh, self._array("xh_grad", (t, n, width), dtype)
-            xh[:, :, :d] = x_tm
-            if self.use_bias:
-                xh[:, :, d + u] = 1
-        xh[:, :, d:d + u] = h[:t]
+        # Every weight gradient in one GEMM over the T·N rows of forward's xh:
+        # Σ_t xh_tᵀ·dz_t = [drecurrent_kernel; dkernel; dbias], (U+D+1, 4U).
         wgrad = backend.matmul(xh.reshape(t * n, width).T, dz2,
                                out=self._array("wgrad", (width, 4 * u), dtype))
-        for key, rows in (("kernel", wgrad[:d]), ("recurrent_kernel", wgrad[d:d + u]),
-                          ("bias", wgrad[d + u:].reshape(-1))):
+        for key, rows in (("recurrent_kernel", wgrad[:u]), ("kernel", wgrad[u:u + d]),
+                          ("bias", wgrad[u + d:].reshape(-1))):
             if key in self.params:
                 grad = self._grad_buffer(key)
                 if grad is None:
                     self.grads[key] = rows.copy()
                 else:
                     grad[...] = rows
-        # dx_t = dz_t·kernelᵀ, when a layer below needs it.
-        dx2 = (backend.matmul(dz2, self.params["kernel"].T,
-                              out=self._array("dx_tm", (t * n, d), dtype))
-               if self.input_grad else None)
-        if dx2 is None:
+        if not self.input_grad:
             return None
+        # dx_t = dz_t·kernelᵀ, for a layer below.
+        dx2 = backend.matmul(dz2, self.params["kernel"].T,
+                             out=self._array("dx_tm", (t * n, d), dtype))
         dx = self._array("dx", (n, t, d), dtype)
         dx[...] = dx2.reshape(t, n, d).transpose(1, 0, 2)
         return dx
@@ -365,15 +357,15 @@ def _gib(n: float) -> str:
 def _lstm_elements(units, input_dim, seq_len, batch_size, return_sequences, input_grad=True):
     """Parameter count and activation elements of one LSTM layer (as :class:`LSTM` allocates).
 
-    Forward keeps xh = [x, h, 1] (T,N,D+U+1; in training: x alone, (T,N,D), in inference),
-    gates (T,N,4U), c and h (T+1,N,U), φ(c) (T,N,U), the step's h·recurrent_kernel (N,4U) and,
-    with sequences, y (N,T,U); backward adds dz (T,N,4U), dh and dc (N,U), dy (T,N,U) with
-    sequences, and dx twice (T,N,D) when it is needed. (Backward's scratch for the weight
-    gradients, (D+U+1,4U), does not grow with the batch and is not counted.)
+    Forward keeps xh = [h, x, 1] (T,N,U+D+1), the gates (T,N,4U), c (T+1,N,U), h and φ(c)
+    (T,N,U), the step's pre-activations (N,4U) and, with sequences, y (N,T,U); backward adds
+    dz (T,N,4U), dh and dc (N,U), dy (T,N,U) with sequences, and dx twice (T,N,D) when it is
+    needed. (theta and the weight gradients, (U+D+1,4U) each, do not grow with the batch and
+    are not counted.)
     """
     u, d, t, n = units, input_dim, seq_len, batch_size
     params = 4 * u * (d + u + 1)
-    forward = t * n * (d + u + 1) + t * n * 4 * u + 2 * (t + 1) * n * u + t * n * u + n * 4 * u
+    forward = t * n * (u + d + 1) + t * n * 4 * u + (t + 1) * n * u + 2 * t * n * u + n * 4 * u
     backward = t * n * 4 * u + 2 * n * u
     if return_sequences:
         forward += n * t * u
