@@ -754,7 +754,7 @@ def test_numba_backend_splits_large_gemms_while_blas_is_single_threaded(dtype, s
         assert backend.matmul(a, b, out=out) is out
         assert_close(out, np.matmul(a, b), dtype, f"split={single}")
         assert_close(backend.matmul(a.T.copy().T, b), np.matmul(a, b), dtype, "alloc")
-        # A linear Dense layer: each block adds the bias to its own rows or columns.
+        # A linear Dense layer over the split GEMM.
         bias = r.standard_normal(n).astype(dtype)
         z, y = backend.dense_forward(a, b, bias, activations.get("linear"))
         assert y is z

@@ -46,8 +46,8 @@ from nnlite.backend.numpy_backend import Backend
 # NumbaBackend._by_row_blocks, and the Dense-stack loop, NumbaBackend.dense_stack_train).
 MIN_BLOCK_ROWS = 32
 # While BLAS is held to one thread (fit's policy for small steps), a single GEMM of at least
-# this many FLOPs (e.g. an LSTM's input projection or weight gradients over all time steps) is
-# split into blocks of at least GEMM_MIN_BLOCK rows or columns across Numba's threads.
+# this many FLOPs (e.g. an LSTM's weight gradients over all time steps) is split into blocks of
+# at least GEMM_MIN_BLOCK rows or columns across Numba's threads.
 SPLIT_GEMM_FLOPS = 50e6
 GEMM_MIN_BLOCK = 64
 
@@ -99,32 +99,19 @@ class NumbaBackend(Backend):
         return out
 
     def matmul(self, a, b, out=None):
-        return self._gemm(a, b, out)
-
-    def _gemm(self, a, b, out=None, bias=None):
-        """``a · b`` (``+ bias`` when given), split over the threads when large enough: each
-        thread adds the bias to its own block while it is still in cache."""
         if a.ndim != 2 or b.ndim != 2:
-            out = np.matmul(a, b, out=out)
-        else:
-            (m, k), n = a.shape, b.shape[1]
-            if self.gemm == "blas" and 2 * m * k * n < SPLIT_GEMM_FLOPS:
-                out = np.matmul(a, b, out=out)
-            else:
-                if out is None:
-                    out = np.empty((m, n), dtype=np.result_type(a, b))
-                if self.gemm != "blas":
-                    K.matmul_blocked(out.size, np.ascontiguousarray(a), np.ascontiguousarray(b),
-                                     out)
-                elif m >= n:  # row blocks: out[i0:i1] = a[i0:i1] · b
-                    self._by_row_blocks(_matmul_rows, m, a, b, bias, out, min_rows=GEMM_MIN_BLOCK)
-                    return out
-                else:  # column blocks: out[:, j0:j1] = a · b[:, j0:j1]
-                    self._by_row_blocks(_matmul_columns, n, a, b, bias, out,
-                                        min_rows=GEMM_MIN_BLOCK)
-                    return out
-        if bias is not None:
-            out += bias
+            return np.matmul(a, b, out=out)
+        (m, k), n = a.shape, b.shape[1]
+        if self.gemm == "blas" and 2 * m * k * n < SPLIT_GEMM_FLOPS:
+            return np.matmul(a, b, out=out)
+        if out is None:
+            out = np.empty((m, n), dtype=np.result_type(a, b))
+        if self.gemm != "blas":
+            K.matmul_blocked(out.size, np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+        elif m >= n:  # row blocks: out[i0:i1] = a[i0:i1] · b
+            self._by_row_blocks(_matmul_rows, m, a, b, out, min_rows=GEMM_MIN_BLOCK)
+        else:  # column blocks: out[:, j0:j1] = a · b[:, j0:j1]
+            self._by_row_blocks(_matmul_columns, n, a, b, out, min_rows=GEMM_MIN_BLOCK)
         return out
 
     def dense_forward(self, x, kernel, bias, activation, out=None):
@@ -132,10 +119,11 @@ class NumbaBackend(Backend):
         code = K.CODES.get(activation.name)
         if code is None or (z_out is not None and not z_out.flags.c_contiguous):
             return super().dense_forward(x, kernel, bias, activation, out)
-        if code == K.LINEAR:
-            z = self._gemm(x, kernel, z_out, bias)
-            return z, z
         z = self.matmul(x, kernel, out=z_out)
+        if code == K.LINEAR:
+            if bias is not None:
+                z += bias
+            return z, z
         y = y_out if y_out is not None else np.empty_like(z)
         has_bias = bias is not None
         K.bias_activation_forward(z.size, z, bias if has_bias else z[0], has_bias, code, y)
@@ -434,16 +422,11 @@ def _row_blocks(plan, blocks):
     return cached
 
 
-def _matmul_rows(a, b, bias, out, i0, i1):
-    """``out[i0:i1] = a[i0:i1] · b (+ bias)``."""
-    block = np.matmul(a[i0:i1], b, out=out[i0:i1])
-    if bias is not None:
-        block += bias
+def _matmul_rows(a, b, out, i0, i1):
+    """``out[i0:i1] = a[i0:i1] · b``."""
+    np.matmul(a[i0:i1], b, out=out[i0:i1])
 
 
-def _matmul_columns(a, b, bias, out, j0, j1):
-    """``out[:, j0:j1] = a · b[:, j0:j1] (+ bias[j0:j1])`` (BLAS reads and writes the strided
-    blocks)."""
-    block = np.matmul(a, b[:, j0:j1], out=out[:, j0:j1])
-    if bias is not None:
-        block += bias[j0:j1]
+def _matmul_columns(a, b, out, j0, j1):
+    """``out[:, j0:j1] = a · b[:, j0:j1]`` (BLAS reads and writes the strided blocks)."""
+    np.matmul(a, b[:, j0:j1], out=out[:, j0:j1])

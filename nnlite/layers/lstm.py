@@ -1,11 +1,11 @@
 """LSTM: a long short-term memory layer with backpropagation through time written by hand.
 
-The layer runs the input projection for all time steps as one GEMM, then walks the sequence
-(the backend's ``lstm_forward_sequence``): per step one GEMM with the recurrent kernel and one
-fused cell kernel (``lstm_cell_forward``); backward (``lstm_backward_sequence``) walks it in
-reverse with ``lstm_cell_backward`` and one GEMM per step, and forms the weight gradients with one
-GEMM each over all steps. The NumPy backend loops in Python; the Numba backend runs each walk as
-one compiled function.
+The layer walks the sequence (the backend's ``lstm_forward_sequence``): per step one GEMM gives
+every gate pre-activation, ``[h_{t−1}, x_t, 1] · [recurrent_kernel; kernel; bias]``, and one fused
+cell kernel (``lstm_cell_forward``) the gates, c_t and h_t; backward (``lstm_backward_sequence``)
+walks it in reverse with ``lstm_cell_backward`` and one GEMM per step, and forms all three weight
+gradients with one GEMM over all steps. The NumPy backend loops in Python; the Numba backend runs
+each walk as one compiled function.
 
 It also estimates the memory training needs (:func:`memory_estimate`) and refuses, before
 allocating, a configuration that cannot fit (:class:`InsufficientMemoryError`).
