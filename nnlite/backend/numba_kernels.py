@@ -624,10 +624,7 @@ def _bits_to_float32(typingctx, bits):
     def codegen(context, builder, signature, args):
         from llvmlite import ir
 
-        value = args[0]
-        if value.type.width != 32:
-            value = builder.trunc(value, ir.IntType(32))
-        return builder.bitcast(value, ir.FloatType())
+        return builder.bitcast(builder.trunc(args[0], ir.IntType(32)), ir.FloatType())
 
     return numba.types.float32(bits), codegen
 
@@ -683,7 +680,9 @@ def _lstm_exp_numba(x):
             p = p * r + _F32(0.5)
             p = p * r + _F32(1)
             p = p * r + _F32(1)
-            return p * _bits_to_float32((np.int32(k) + np.int32(127)) << np.int32(23))
+            # k to int32 (not int64): a cheaper vector conversion, and LLVM narrows the
+            # integer arithmetic before the truncation to 32 bits.
+            return p * _bits_to_float32((np.int32(k) + 127) << 23)
 
         return exp32
 

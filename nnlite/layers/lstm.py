@@ -212,7 +212,9 @@ class LSTM(Layer):
             xh[:, :, u + d] = 1
         gates = self._array("gates", (t, n, 4 * u), dtype)
         c = self._array("c", (t + 1, n, u), dtype)
-        h = self._array("h", (t, n, u), dtype)  # h_1..h_T
+        # h_1..h_T, contiguous for the cell kernels and the output; the walk also copies h_t
+        # into xh_{t+1}, where the next step's GEMM reads it.
+        h = self._array("h", (t, n, u), dtype)
         act_c = self._array("act_c", (t, n, u), dtype)
         hz = self._array("hz", (n, 4 * u), dtype)
         c[0] = 0
