@@ -667,12 +667,52 @@ def test_lstm_backward_sequence(dtype, act, rec, sequences):
         np.testing.assert_array_equal(array, copy)
 
 
+LAUNCHERS = ("lstm_forward_blocks", "lstm_backward_blocks", "matmul_row_blocks",
+             "matmul_sum_blocks")
+
+
+def _record_launchers(monkeypatch):
+    """Wrap the row-block launchers of numba_kernels; returns the list of (name, bounds) of
+    every call the backend makes."""
+    calls = []
+    for name in LAUNCHERS:
+        launcher = getattr(K, name)
+
+        def record(*args, _name=name, _launcher=launcher):
+            calls.append((_name, args[-1].tolist()))
+            return _launcher(*args)
+
+        monkeypatch.setattr(K, name, record)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bounds", [[0, 40], [0, 7, 19, 40]], ids=["one", "three-uneven"])
+def test_matmul_block_launchers(dtype, bounds):
+    """Row blocks and blocks of the inner dimension give the product of one BLAS call."""
+    r = rng(8)
+    a, b = r.standard_normal((40, 23)).astype(dtype), r.standard_normal((23, 17)).astype(dtype)
+    bounds = np.array(bounds, np.int64)
+    for variant in ("py_func", "compiled"):
+        rows, summed = (getattr(k, "py_func") if variant == "py_func" else k
+                        for k in (K.matmul_row_blocks, K.matmul_sum_blocks))
+        out = np.full((40, 17), np.nan, dtype)
+        rows(a, b, out, bounds)
+        assert_close(out, a @ b, dtype, f"row blocks {variant}")
+        # aᵀ·c over the 40 rows of a and c, in blocks of those rows
+        c = r.standard_normal((40, 17)).astype(dtype)
+        parts = np.full((bounds.size - 1, 23, 17), np.nan, dtype)
+        out = np.full((23, 17), np.nan, dtype)
+        summed(a, c, parts, out, bounds)
+        assert_close(out, a.T @ c, dtype, f"sum blocks {variant}")
+
+
 @needs_lstm_sequence
 @pytest.mark.parametrize("min_rows", [1, 10 ** 9], ids=["row-blocks", "one-block"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
-    # The backend walks row blocks (and the weight gradients' column blocks) on several
-    # threads when Numba has more than one; the result must not depend on the split.
+    # The backend walks row blocks (and sums the weight gradients over blocks of rows) on
+    # several threads when Numba has more than one; the result must not depend on the split.
     from nnlite import config
     from nnlite.backend import numba_backend
 
@@ -682,9 +722,7 @@ def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
     # Blocks run only while BLAS is on one thread (as inside fit for small steps).
     monkeypatch.setattr(config, "blas_single_threaded", lambda: True)
     backend = numba_backend.NumbaBackend()
-    pools = []
-    original_pool = backend._thread_pool
-    monkeypatch.setattr(backend, "_thread_pool", lambda k: pools.append(k) or original_pool(k))
+    launched = _record_launchers(monkeypatch)
     xh0, theta, c0 = _lstm_sequence_inputs(dtype, n=11)
     t, n, width = xh0.shape
     u = c0.shape[2]
@@ -698,7 +736,7 @@ def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
         dy = rng(3).standard_normal((n, u)).astype(dtype)[None]
         impl.lstm_backward_sequence(dy, g, theta[:u], c, a, np.empty((n, u), dtype), dc, dz,
                                     tanh, sigmoid)
-        # The layer's weight gradients: xh_tᵀ·dz_t summed over all steps, a column split.
+        # The layer's weight gradients: xh_tᵀ·dz_t summed over all steps (and row blocks).
         wgrad = np.full((width, 4 * u), np.nan, dtype)
         impl.matmul(xh.reshape(t * n, width).T, dz.reshape(t * n, 4 * u), out=wgrad)
         results.append((xh, g, c, h, a, dz, dc, wgrad))
@@ -706,7 +744,11 @@ def test_numba_backend_lstm_sequences_on_threads(dtype, min_rows, monkeypatch):
         assert_close(got, want, dtype, f"output {k}")
     import numba
 
-    assert bool(pools) == (min_rows == 1 and numba.get_num_threads() > 1)
+    if min_rows == 1 and numba.get_num_threads() > 1:
+        assert {name for name, _ in launched} == {"lstm_forward_blocks", "lstm_backward_blocks",
+                                                  "matmul_sum_blocks"}
+    else:
+        assert launched == []
 
 
 @needs_lstm_sequence
@@ -717,21 +759,23 @@ def test_numba_lstm_row_blocks_wait_for_single_threaded_blas(monkeypatch):
 
     monkeypatch.setattr(numba_backend, "MIN_BLOCK_ROWS", 1)
     backend = numba_backend.NumbaBackend()
-    monkeypatch.setattr(backend, "_thread_pool", lambda k: pytest.fail("row blocks were used"))
+    launched = _record_launchers(monkeypatch)
     monkeypatch.setattr(config, "blas_single_threaded", lambda: False)
     xh, theta, c = _lstm_sequence_inputs("float64", n=11)
     tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
     gates, h, act_c, hz = _lstm_sequence_outputs(xh, c)
     backend.lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, tanh, sigmoid)
     assert np.all(np.isfinite(h))
+    assert launched == []
 
 
 @pytest.mark.parametrize("shape", [(300, 40, 70), (30, 200, 150)], ids=["tall", "wide"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_numba_backend_splits_large_gemms_while_blas_is_single_threaded(dtype, shape,
                                                                         monkeypatch):
-    """A GEMM over the size threshold runs as row (tall) or column (wide) blocks on the
-    backend's threads while BLAS is held to one thread; same products as one BLAS call."""
+    """A GEMM over the size threshold runs on the backend's threads while BLAS is held to one
+    thread: as row blocks, or (a transposed view on the left) as a sum over blocks of the inner
+    dimension; the same products as one BLAS call."""
     import numba
 
     from nnlite import config
@@ -742,9 +786,7 @@ def test_numba_backend_splits_large_gemms_while_blas_is_single_threaded(dtype, s
     monkeypatch.setattr(numba_backend, "SPLIT_GEMM_FLOPS", 1e5)
     monkeypatch.setattr(numba_backend, "GEMM_MIN_BLOCK", 8)
     backend = numba_backend.NumbaBackend()
-    pools = []
-    original_pool = backend._thread_pool
-    monkeypatch.setattr(backend, "_thread_pool", lambda k: pools.append(k) or original_pool(k))
+    launched = _record_launchers(monkeypatch)
     m, k, n = shape
     r = rng(5)
     a, b = r.standard_normal((m, k)).astype(dtype), r.standard_normal((k, n)).astype(dtype)
@@ -759,7 +801,10 @@ def test_numba_backend_splits_large_gemms_while_blas_is_single_threaded(dtype, s
         z, y = backend.dense_forward(a, b, bias, activations.get("linear"))
         assert y is z
         assert_close(z, np.matmul(a, b) + bias, dtype, f"bias split={single}")
-        assert bool(pools) == single
+        names = [name for name, _ in launched]
+        expected = ["matmul_row_blocks", "matmul_sum_blocks", "matmul_row_blocks"]
+        assert names == (expected if single else []), names
+        launched.clear()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ It overrides only what it speeds up (see :mod:`nnlite.backend.numba_kernels` for
 
 GEMMs stay in BLAS unless ``gemm="blocked"`` selects the hand-written blocked kernel (for the
 kernel benchmark and for teaching). While ``fit`` holds BLAS to one thread (small steps), work
-that splits cleanly runs on Numba's threads instead: the LSTM's batch rows, and any single GEMM
-of at least ``SPLIT_GEMM_FLOPS`` as row or column blocks.
+that splits cleanly runs on Numba's threads instead (the launchers at the end of
+:mod:`numba_kernels`): the LSTM's batch rows, and any single GEMM of at least
+``SPLIT_GEMM_FLOPS`` as row blocks or as a sum over blocks of its inner dimension.
 
 Kernels are compiled on first use and cached on disk (``cache=True``), so the compile cost is
 paid once per machine; :meth:`NumbaBackend.warmup` compiles everything up front and reports the
@@ -25,9 +26,7 @@ time.
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -43,11 +42,12 @@ from nnlite.backend import numba_kernels as K
 from nnlite.backend.numpy_backend import Backend
 
 # Fewest batch rows per thread when a batch is split into row blocks (the LSTM's time loops,
-# NumbaBackend._by_row_blocks, and the Dense-stack loop, NumbaBackend.dense_stack_train).
+# NumbaBackend._block_bounds, and the Dense-stack loop, NumbaBackend.dense_stack_train).
 MIN_BLOCK_ROWS = 32
 # While BLAS is held to one thread (fit's policy for small steps), a single GEMM of at least
 # this many FLOPs (e.g. an LSTM's weight gradients over all time steps) is split into blocks of
-# at least GEMM_MIN_BLOCK rows or columns across Numba's threads.
+# at least GEMM_MIN_BLOCK rows (of the product, or of both factors for a sum) across Numba's
+# threads.
 SPLIT_GEMM_FLOPS = 50e6
 GEMM_MIN_BLOCK = 64
 
@@ -83,7 +83,6 @@ class NumbaBackend(Backend):
                 f"NumbaBackend: expected `gemm` to be 'blas' or 'blocked', received {gemm!r}"
             )
         self.gemm = gemm
-        self._pool = self._pool_key = None  # threads for _by_row_blocks, made on first use
         # SciPy's BLAS is loaded (module imports): re-apply set_threads so its limit reaches it.
         config.set_threads(config.threads())
 
@@ -108,10 +107,24 @@ class NumbaBackend(Backend):
             out = np.empty((m, n), dtype=np.result_type(a, b))
         if self.gemm != "blas":
             K.matmul_blocked(out.size, np.ascontiguousarray(a), np.ascontiguousarray(b), out)
-        elif m >= n:  # row blocks: out[i0:i1] = a[i0:i1] · b
-            self._by_row_blocks(_matmul_rows, m, a, b, out, min_rows=GEMM_MIN_BLOCK)
-        else:  # column blocks: out[:, j0:j1] = a · b[:, j0:j1]
-            self._by_row_blocks(_matmul_columns, n, a, b, out, min_rows=GEMM_MIN_BLOCK)
+            return out
+        # Split over Numba's threads (while BLAS runs on one): row blocks of a C-ordered a, or
+        # blocks of the inner dimension when a is a transposed view (aᵀ C-ordered, as in a
+        # weight gradient xᵀ·dz); otherwise, or with one block, one BLAS call.
+        blocks = None
+        if (a.dtype == b.dtype == out.dtype and a.dtype in _TINY and out.flags.c_contiguous
+                and (b.flags.c_contiguous or b.flags.f_contiguous)):
+            if a.flags.c_contiguous:
+                blocks = _block_bounds(m, GEMM_MIN_BLOCK)
+                if blocks is not None:
+                    K.matmul_row_blocks(a, b, out, blocks)
+            elif a.T.flags.c_contiguous and b.flags.c_contiguous:
+                blocks = _block_bounds(k, GEMM_MIN_BLOCK)
+                if blocks is not None:
+                    parts = np.empty((blocks.size - 1, m, n), dtype=out.dtype)
+                    K.matmul_sum_blocks(a.T, b, parts, out, blocks)
+        if blocks is None:
+            np.matmul(a, b, out=out)
         return out
 
     def dense_forward(self, x, kernel, bias, activation, out=None):
@@ -291,6 +304,16 @@ class NumbaBackend(Backend):
             self.lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, tanh, sigmoid)
             self.lstm_backward_sequence(h, gates, recurrent, c, act_c, c_prev,
                                         np.zeros_like(c_prev), np.zeros_like(gates), tanh, sigmoid)
+            # ... and on Numba's threads, one row each, with the layer's split GEMMs (xh·theta
+            # and dz·kernelᵀ as row blocks, xhᵀ·dz summed over blocks of rows).
+            rows = np.array([0, 1, 2], np.int64)
+            K.lstm_forward_blocks(xh, theta, gates, c, h, act_c, hz, K.TANH, K.SIGMOID, rows)
+            K.lstm_backward_blocks(h, gates, recurrent, c, act_c, c_prev, np.zeros_like(c_prev),
+                                   np.zeros_like(gates), K.TANH, K.SIGMOID, rows)
+            xh2, dz2 = xh.reshape(4, 4), gates.reshape(4, 8)
+            K.matmul_row_blocks(xh2, theta, np.zeros((4, 8), dt), rows)
+            K.matmul_row_blocks(dz2, theta.T, np.zeros((4, 4), dt), rows)
+            K.matmul_sum_blocks(xh2, dz2, np.zeros((2, 4, 8), dt), np.zeros((4, 8), dt), rows)
 
     # -- LSTM ----------------------------------------------------------------------------------
 
@@ -336,41 +359,6 @@ class NumbaBackend(Backend):
             return None
         return self._lstm_codes(activation, recurrent_activation, gates, *arrays)
 
-    def _by_row_blocks(self, kernel, n, *args, min_rows=None):
-        """``kernel(*args, r0, r1)`` over blocks of n rows (or columns), one block per Numba
-        thread; the kernels release the GIL (compiled ``nogil`` loops, NumPy's matmul).
-
-        The LSTM's rows never mix in the recurrence, so each thread walks all T steps for its
-        rows (its own small GEMMs on one BLAS thread, its own cells) and the threads meet once
-        per walk; a large GEMM splits into independent row or column blocks. Blocks keep at
-        least ``min_rows`` rows, only while BLAS runs on one thread (:func:`_block_count`);
-        otherwise one block, and BLAS threads each GEMM itself.
-        """
-        blocks = _block_count(n, min_rows)
-        if blocks == 1:
-            kernel(*args, 0, n)
-            return
-        bounds = [n * k // blocks for k in range(blocks + 1)]
-        pool = self._thread_pool(blocks - 1)
-        futures = [pool.submit(kernel, *args, bounds[k], bounds[k + 1])
-                   for k in range(1, blocks)]
-        try:
-            kernel(*args, bounds[0], bounds[1])
-        finally:
-            for future in futures:
-                future.result()
-
-    def _thread_pool(self, workers):
-        """Threads for :meth:`_by_row_blocks`, made on first use (again in a forked child)."""
-        key = (os.getpid(), workers)
-        if self._pool_key != key:
-            if self._pool is not None and self._pool_key[0] == key[0]:
-                self._pool.shutdown(wait=False)  # another thread count: replace the pool
-            self._pool = ThreadPoolExecutor(max_workers=workers,
-                                            thread_name_prefix="nnlite-blocks")
-            self._pool_key = key
-        return self._pool
-
     def lstm_forward_sequence(self, xh, theta, gates, c, h, act_c, hz, activation,
                               recurrent_activation):
         codes = self._lstm_sequence_codes(activation, recurrent_activation, gates, xh, theta,
@@ -378,8 +366,13 @@ class NumbaBackend(Backend):
         if codes is None:
             return super().lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, activation,
                                                  recurrent_activation)
-        self._by_row_blocks(K.lstm_forward_sequence, gates.shape[1], xh, theta, gates, c, h,
-                            act_c, hz, *codes)
+        # The rows of a batch never mix in the recurrence: each thread walks all T steps for
+        # its row block (its own small GEMMs on one BLAS thread, its own cells).
+        blocks = _block_bounds(gates.shape[1])
+        if blocks is None:
+            K.lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, *codes, 0, gates.shape[1])
+        else:
+            K.lstm_forward_blocks(xh, theta, gates, c, h, act_c, hz, *codes, blocks)
 
     def lstm_backward_sequence(self, dy, gates, recurrent_kernel, c, act_c, dh, dc, dz,
                                activation, recurrent_activation):
@@ -389,8 +382,12 @@ class NumbaBackend(Backend):
         if codes is None:
             return super().lstm_backward_sequence(dy, gates, recurrent_kernel, c, act_c, dh, dc,
                                                   dz, activation, recurrent_activation)
-        self._by_row_blocks(K.lstm_backward_sequence, gates.shape[1], dy, gates,
-                            recurrent_kernel, c, act_c, dh, dc, dz, *codes)
+        args = (dy, gates, recurrent_kernel, c, act_c, dh, dc, dz, *codes)
+        blocks = _block_bounds(gates.shape[1])
+        if blocks is None:
+            K.lstm_backward_sequence(*args, 0, gates.shape[1])
+        else:
+            K.lstm_backward_blocks(*args, blocks)
 
 
 def _block_count(n, min_rows=None):
@@ -401,6 +398,16 @@ def _block_count(n, min_rows=None):
     min_rows = MIN_BLOCK_ROWS if min_rows is None else min_rows
     threads = numba.get_num_threads() if config.blas_single_threaded() else 1
     return max(1, min(threads, n // min_rows))
+
+
+def _block_bounds(n, min_rows=None):
+    """Bounds of the row blocks of n rows, ``[0, …, n]`` (int64), for the launchers in
+    :mod:`numba_kernels`; None for a single block (then the caller runs the serial kernel: a
+    parallel region would wake threads that spin next to a threaded BLAS)."""
+    blocks = _block_count(n, min_rows)
+    if blocks == 1:
+        return None
+    return np.array([n * k // blocks for k in range(blocks + 1)], dtype=np.int64)
 
 
 def _row_blocks(plan, blocks):
@@ -420,13 +427,3 @@ def _row_blocks(plan, blocks):
                  else np.empty((blocks, plan.grads.size), dtype=plan.grads.dtype))
         cached = plan.blocks[blocks] = (layouts, grads)
     return cached
-
-
-def _matmul_rows(a, b, out, i0, i1):
-    """``out[i0:i1] = a[i0:i1] · b``."""
-    np.matmul(a[i0:i1], b, out=out[i0:i1])
-
-
-def _matmul_columns(a, b, out, j0, j1):
-    """``out[:, j0:j1] = a · b[:, j0:j1]`` (BLAS reads and writes the strided blocks)."""
-    np.matmul(a, b[:, j0:j1], out=out[:, j0:j1])

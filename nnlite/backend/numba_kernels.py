@@ -942,3 +942,59 @@ lstm_forward_sequence = numba.njit(cache=True, nogil=True,
                                    error_model="numpy")(lstm_forward_sequence)
 lstm_backward_sequence = numba.njit(cache=True, nogil=True,
                                     error_model="numpy")(lstm_backward_sequence)
+
+
+# ----------------------------------------------------------------------------------------------
+# Row blocks on Numba's threads: the backend's split work while BLAS runs on one thread
+#
+# Each launcher runs one block per Numba thread (``prange`` over ``bounds``: block k is rows
+# bounds[k]:bounds[k+1]). Numba's OpenMP threads spin for a while after a parallel region, so
+# the next region of the same training step (forward walk, backward walk, weight gradients)
+# starts at once; a Python thread pool's sleeping threads took 0.05-0.1 ms to start and as long
+# to report back, ~0.6 ms of a 9 ms W6 batch. The backend calls them only while BLAS runs on one
+# thread, so no BLAS thread competes with the spinning ones.
+# ----------------------------------------------------------------------------------------------
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+def lstm_forward_blocks(xh, theta, gates, c, h, act_c, hz, act_code, rec_code, bounds):
+    """:func:`lstm_forward_sequence` for each row block, one per thread."""
+    for k in prange(bounds.size - 1):
+        lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, act_code, rec_code,
+                              bounds[k], bounds[k + 1])
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+def lstm_backward_blocks(dy, gates, recurrent, c, act_c, dh, dc, dz, act_code, rec_code,
+                         bounds):
+    """:func:`lstm_backward_sequence` for each row block, one per thread."""
+    for k in prange(bounds.size - 1):
+        lstm_backward_sequence(dy, gates, recurrent, c, act_c, dh, dc, dz, act_code, rec_code,
+                               bounds[k], bounds[k + 1])
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+def matmul_row_blocks(a, b, out, bounds):
+    """``out[i0:i1] = a[i0:i1] · b`` for each row block, one per thread (a, out C-contiguous)."""
+    for k in prange(bounds.size - 1):
+        np.dot(a[bounds[k]:bounds[k + 1]], b, out[bounds[k]:bounds[k + 1]])
+
+
+@numba.njit(parallel=True, nogil=True, cache=True, error_model="numpy")
+def matmul_sum_blocks(a_t, b, parts, out, bounds):
+    """``out = a_tᵀ · b`` summed in blocks of the inner dimension K, one per thread.
+
+    Shapes:
+        a_t: (K, M), b: (K, N), both C-contiguous   parts: (P, M, N) scratch   out: (M, N)
+    Math:
+        parts[k] = a_t[k0:k1]ᵀ · b[k0:k1]   (rows k0:k1 of both: contiguous blocks)
+        out = Σ_k parts[k]                  (rows of out split over the threads)
+    For a product whose left factor is a transposed view, such as Σ_t xh_tᵀ · dz_t.
+    """
+    for k in prange(bounds.size - 1):
+        np.dot(a_t[bounds[k]:bounds[k + 1]].T, b[bounds[k]:bounds[k + 1]], parts[k])
+    for i in prange(out.shape[0]):
+        row = out[i]
+        row[:] = parts[0, i]
+        for k in range(1, parts.shape[0]):
+            row += parts[k, i]
