@@ -807,6 +807,31 @@ def test_numba_backend_splits_large_gemms_while_blas_is_single_threaded(dtype, s
         launched.clear()
 
 
+def test_split_gemm_reuses_its_partial_products(monkeypatch):
+    """The inner-dimension split keeps its scratch from call to call (no allocation per
+    step), per shape, and still gives one BLAS call's product."""
+    import numba
+
+    from nnlite import config
+    from nnlite.backend import numba_backend
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs two Numba threads")
+    monkeypatch.setattr(numba_backend, "SPLIT_GEMM_FLOPS", 1e5)
+    monkeypatch.setattr(numba_backend, "GEMM_MIN_BLOCK", 8)
+    monkeypatch.setattr(config, "blas_single_threaded", lambda: True)
+    backend = numba_backend.NumbaBackend()
+    r = rng(9)
+    x, dz = r.standard_normal((200, 30)), r.standard_normal((200, 40))
+    first = backend.matmul(x.T, dz)
+    scratch = dict(backend._local.partials)
+    second = backend.matmul(x.T, dz)
+    assert len(scratch) == 1
+    assert all(backend._local.partials[key] is buf for key, buf in scratch.items())
+    np.testing.assert_array_equal(first, second)
+    assert_close(second, x.T @ dz, "float64", "x·dz")
+
+
 # ----------------------------------------------------------------------------------------------
 # The Dense-stack training loop (models/dense_stack.py; whole fits in tests/test_dense_stack.py)
 # ----------------------------------------------------------------------------------------------

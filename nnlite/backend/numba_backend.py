@@ -26,6 +26,7 @@ time.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numba
@@ -42,7 +43,7 @@ from nnlite.backend import numba_kernels as K
 from nnlite.backend.numpy_backend import Backend
 
 # Fewest batch rows per thread when a batch is split into row blocks (the LSTM's time loops,
-# NumbaBackend._block_bounds, and the Dense-stack loop, NumbaBackend.dense_stack_train).
+# _block_bounds, and the Dense-stack loop, NumbaBackend.dense_stack_train).
 MIN_BLOCK_ROWS = 32
 # While BLAS is held to one thread (fit's policy for small steps), a single GEMM of at least
 # this many FLOPs (e.g. an LSTM's weight gradients over all time steps) is split into blocks of
@@ -50,6 +51,8 @@ MIN_BLOCK_ROWS = 32
 # threads.
 SPLIT_GEMM_FLOPS = 50e6
 GEMM_MIN_BLOCK = 64
+# Shapes of partial-product scratch a thread keeps for split GEMMs (an LSTM step needs one).
+MAX_PARTIALS = 4
 
 _TINY = {np.dtype(t): np.dtype(t).type(np.finfo(t).tiny) for t in (np.float32, np.float64)}
 
@@ -83,6 +86,7 @@ class NumbaBackend(Backend):
                 f"NumbaBackend: expected `gemm` to be 'blas' or 'blocked', received {gemm!r}"
             )
         self.gemm = gemm
+        self._local = threading.local()  # per Python thread: the split GEMMs' partial products
         # SciPy's BLAS is loaded (module imports): re-apply set_threads so its limit reaches it.
         config.set_threads(config.threads())
 
@@ -121,11 +125,25 @@ class NumbaBackend(Backend):
             elif a.T.flags.c_contiguous and b.flags.c_contiguous:
                 blocks = _block_bounds(k, GEMM_MIN_BLOCK)
                 if blocks is not None:
-                    parts = np.empty((blocks.size - 1, m, n), dtype=out.dtype)
+                    parts = self._partials((blocks.size - 1, m, n), out.dtype)
                     K.matmul_sum_blocks(a.T, b, parts, out, blocks)
         if blocks is None:
             np.matmul(a, b, out=out)
         return out
+
+    def _partials(self, shape, dtype):
+        """Scratch for the partial products of a split GEMM, reused from step to step (at most
+        MAX_PARTIALS shapes kept), one set per Python thread so that two never share one."""
+        cache = getattr(self._local, "partials", None)
+        if cache is None:
+            cache = self._local.partials = {}
+        key = (shape, np.dtype(dtype))
+        buf = cache.get(key)
+        if buf is None:
+            if len(cache) >= MAX_PARTIALS:
+                del cache[next(iter(cache))]
+            buf = cache[key] = np.empty(shape, dtype=dtype)
+        return buf
 
     def dense_forward(self, x, kernel, bias, activation, out=None):
         z_out, y_out = out if out is not None else (None, None)
