@@ -117,7 +117,7 @@ def auto_threads(step_flops: float):
     1.58 s with parallel ones).
     """
     if _THREADS is None and step_flops < SMALL_STEP_FLOPS:
-        return _one_blas_thread()
+        return one_blas_thread()
     if _THREADS == 1:
         return contextlib.nullcontext()
     return _serial_kernels()
@@ -140,8 +140,9 @@ def parallel_kernels() -> bool:
 
 
 @contextlib.contextmanager
-def _one_blas_thread():
-    """BLAS on one thread for the duration, recorded for :func:`blas_single_threaded`."""
+def one_blas_thread():
+    """BLAS on one thread for the duration, recorded for :func:`blas_single_threaded`: for
+    kernels that split their GEMMs over their own threads."""
     global _ONE_THREAD_DEPTH
     from threadpoolctl import threadpool_limits
 

@@ -837,14 +837,18 @@ def test_split_gemm_reuses_its_partial_products(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 
 
-def _stack_plan(dtype, batch):
+def _stack_plan(dtype, batch, widths=((11, "tanh", True),), seed=5):
+    """The plan of a 13 -> ... -> 4 softmax stack for ``batch`` rows; ``widths`` are the
+    hidden layers' (units, activation, use_bias)."""
     import nnlite
     from nnlite.models.dense_stack import DenseStack
 
     nnlite.config.set_floatx(np.dtype(dtype).name)
     try:
-        model = nnlite.Sequential([nnlite.Input((13,)), nnlite.layers.Dense(11, activation="tanh"),
-                                   nnlite.layers.Dense(4, activation="softmax")], seed=5)
+        hidden = [nnlite.layers.Dense(units, activation=act, use_bias=bias)
+                  for units, act, bias in widths]
+        model = nnlite.Sequential([nnlite.Input((13,)), *hidden,
+                                   nnlite.layers.Dense(4, activation="softmax")], seed=seed)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         model._pack_parameters()
         stack = DenseStack.of(model)
@@ -893,3 +897,141 @@ def test_dense_stack_train(dtype):
             assert_close(got, want, dtype, f"dense_stack_train {variant}")
     for got, want in zip(run(2, K.dense_stack_train.parallel), expected):
         assert_close(got, want, dtype, "dense_stack_train, two row blocks")
+
+
+# ----------------------------------------------------------------------------------------------
+# Wide stacks: GEMMs split by columns over Numba's threads (dense_stack_train_columns)
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _compiled_gemm():
+    import numba
+
+    @numba.njit
+    def call(trans_a, trans_b, a, b, out):
+        K.gemm(trans_a, trans_b, a, b, out)
+
+    return call
+
+
+@pytest.mark.parametrize("trans_b", [False, True], ids=["b", "bT"])
+@pytest.mark.parametrize("trans_a", [False, True], ids=["a", "aT"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_writes_a_block_of_columns_in_place(dtype, trans_a, trans_b):
+    """``gemm`` on column blocks of larger C-ordered matrices (strided rows): the product of
+    the blocks, written into the output's block only; plain and compiled (one BLAS call)."""
+    r = rng(3)
+    m, k, n = 7, 9, 5
+    big_a = r.standard_normal((k, m + 4) if trans_a else (m, k + 4)).astype(dtype)
+    big_b = r.standard_normal((n, k + 3) if trans_b else (k, n + 3)).astype(dtype)
+    a = big_a[:, 2:2 + m] if trans_a else big_a[:, 2:2 + k]
+    b = big_b[:, 1:1 + k] if trans_b else big_b[:, 1:1 + n]
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    for name, call in (("py_func", K.gemm), ("compiled", _compiled_gemm())):
+        out = np.full((m, n + 6), np.nan, dtype)
+        call(trans_a, trans_b, a, b, out[:, 3:3 + n])
+        assert_close(out[:, 3:3 + n], expected, dtype, name)
+        assert np.isnan(out[:, :3]).all() and np.isnan(out[:, 3 + n:]).all(), name
+        # An empty inner dimension: zeros, as np.dot gives.
+        out = np.full((m, n), np.nan, dtype)
+        call(trans_a, trans_b, a[:0] if trans_a else a[:, :0], b[:, :0] if trans_b else b[:0],
+             out)
+        np.testing.assert_array_equal(out, 0, err_msg=name)
+
+
+RULE_SCALARS = {"sgd": [0.05], "momentum": [0.05, 0.9], "nesterov": [0.05, 0.9],
+                "adam": [0.01, 0.1, 0.001, 1e-7]}
+
+
+@pytest.mark.parametrize("onehot", [False, True], ids=["labels", "onehot"])
+@pytest.mark.parametrize("rule", sorted(RULE_SCALARS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_stack_train_columns(dtype, rule, onehot):
+    """Three steps of batch 70 on 1, 2 and 3 threads (columns and batch rows split unevenly)
+    against the NumPy backend's loop: losses, parameters, optimizer state, gradients, the
+    layers' z, y, dz and dx, and the right predictions."""
+    from nnlite.backend import numba_backend
+
+    r = rng(21)
+    data = r.standard_normal((100, 13)).astype(dtype)
+    labels = r.integers(0, 4, 100).astype(np.int64)
+    targets = np.eye(4, dtype=dtype)[labels] if onehot else labels
+    order = np.stack([r.permutation(100)[:70] for _ in range(3)]).ravel().astype(np.int64)
+    # 13 -> 130 relu -> 129 tanh (no bias) -> 4 softmax: two layers wide enough to split
+    # (MIN_COLUMNS = 64: blocks of 65/65 and 64/65 columns), one that is not.
+    plan = _stack_plan(dtype, 70, ((130, "relu", True), (129, "tanh", False)), seed=7)
+    scalars = np.array([RULE_SCALARS[rule]] * 3, dtype)
+    start = plan.params.copy()
+    states = 2 if rule == "adam" else (0 if rule == "sgd" else 1)
+
+    def run(call):
+        plan.params[:] = start
+        plan.grads[:] = np.nan
+        plan.work[:] = np.nan
+        state = [np.zeros_like(start) for _ in range(states)]
+        losses, correct = np.full(3, np.nan, dtype), np.full(3, -1, np.int64)
+        assert call(state, losses, correct) == 3
+        return (losses, plan.params.copy(), *state, plan.grads.copy(), plan.work.copy(),
+                correct)
+
+    expected = run(lambda state, losses, correct: REF.dense_stack_train(
+        data, targets, order, plan, (rule, state, scalars), losses, correct))
+    none = plan.params[:0]
+    # The NumPy loop keeps some outputs in buffers of its own: z, y, dz and dx in ``work``
+    # are checked against the compiled one-thread loop instead.
+    layouts, part_grads = numba_backend._row_blocks(plan, 1)
+    expected[-2][:] = run(lambda state, losses, correct: K.dense_stack_train.serial(
+        data, targets, order, plan.x, np.empty((70,) + targets.shape[1:], targets.dtype),
+        plan.params, plan.grads, plan.work, layouts, plan.codes, K.RULES[rule],
+        *(list(state) + [none, none])[:2], scalars, np.finfo(dtype).tiny, losses, part_grads,
+        correct))[-2]
+    for threads in (1, 2, 3):
+        got = run(lambda state, losses, correct: K.dense_stack_train_columns(
+            data, targets, order, plan.x, np.empty((70,) + targets.shape[1:], targets.dtype),
+            plan.params, plan.grads, plan.work, plan.layout, plan.codes, K.RULES[rule],
+            *(list(state) + [none, none])[:2], scalars, np.finfo(dtype).tiny, losses, correct,
+            threads))
+        names = ["losses", "params", *(f"state{i}" for i in range(states)), "grads", "work",
+                 "correct"]
+        for name, g, w in zip(names, got, expected):
+            assert_close(g, w, dtype, f"{rule} {threads} threads: {name}")
+
+
+def test_numba_fit_splits_wide_stacks_by_columns_unless_blas_is_single_threaded(monkeypatch):
+    """``fit`` of a wide stack runs the column-split loop with BLAS held to one thread and
+    Numba's threads; with ``set_threads(1)`` (or small steps) it runs the row-block loop."""
+    import numba
+
+    import nnlite
+    from nnlite import config
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("needs two Numba threads")
+    calls = []
+    column_loop = K.dense_stack_train_columns
+
+    def record(*args):
+        calls.append((config.blas_single_threaded(), args[-1]))
+        return column_loop(*args)
+
+    monkeypatch.setattr(K, "dense_stack_train_columns", record)
+    monkeypatch.setattr(config, "SMALL_STEP_FLOPS", 0)  # this small model's steps count as big
+    r = rng(4)
+    x, y = r.standard_normal((140, 13)).astype(np.float32), r.integers(0, 4, 140)
+    nnlite.set_backend("numba")
+    try:
+        model = nnlite.Sequential([nnlite.Input((13,)), nnlite.layers.Dense(130, "relu"),
+                                   nnlite.layers.Dense(4, "softmax")], seed=1)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        history = model.fit(x, y, batch_size=70, epochs=2, verbose=0)
+        assert calls == [(True, numba.get_num_threads())] * 2
+        assert not config.blas_single_threaded()
+        calls.clear()
+        nnlite.config.set_threads(1)
+        model.fit(x, y, batch_size=70, epochs=1, verbose=0)
+        assert calls == []
+    finally:
+        nnlite.config.set_threads(None)
+        nnlite.set_backend("numpy")
+    assert np.all(np.isfinite(history.history["loss"]))

@@ -471,9 +471,7 @@ def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts
         index = order[s * batch:(s + 1) * batch]
         for h in prange(parts):
             r0, r1 = h * batch // parts, (h + 1) * batch // parts
-            gather_rows_serial(data, index[r0:r1], xb[r0:r1])
-            for b in range(r0, r1):
-                tb[b] = targets[index[b]]
+            _gather_batch(data, targets, index, xb, tb, r0, r1)
             part_loss[h] = dense_stack_step(xb[r0:r1], tb[r0:r1], params, part_grads[h], work,
                                             layouts[h], codes)
             if correct.size:
@@ -492,18 +490,223 @@ def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts
             lo, hi = c * size // parts, (c + 1) * size // parts
             if parts > 1:
                 _combine(part_grads, batch, grads, lo, hi)
-            p, g = params[lo:hi], grads[lo:hi]
-            if rule == ADAM:
-                adam_update_serial(p, g, state1[lo:hi], state2[lo:hi], k[0], k[1], k[2], k[3],
-                                   tiny)
-            elif rule == SGD:
-                sgd_update_serial(p, g, k[0])
-            else:
-                sgd_momentum_update_serial(p, g, state1[lo:hi], k[0], k[1], rule == NESTEROV,
-                                           tiny)
+            _update(rule, params, grads, state1, state2, k, tiny, lo, hi)
         if not np.isfinite(losses[s]):
             return s + 1
     return losses.size
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _gather_batch(data, targets, index, xb, tb, r0, r1):
+    """Rows r0 … r1 − 1 of a batch: ``xb[b] = data[index[b]]`` (cast), ``tb[b] = targets[…]``."""
+    gather_rows_serial(data, index[r0:r1], xb[r0:r1])
+    for b in range(r0, r1):
+        tb[b] = targets[index[b]]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _update(rule, params, grads, state1, state2, k, tiny, lo, hi):
+    """The update ``rule`` (:data:`RULES`) of elements lo … hi − 1 with the step's scalars k."""
+    p, g = params[lo:hi], grads[lo:hi]
+    if rule == ADAM:
+        adam_update_serial(p, g, state1[lo:hi], state2[lo:hi], k[0], k[1], k[2], k[3], tiny)
+    elif rule == SGD:
+        sgd_update_serial(p, g, k[0])
+    else:
+        sgd_momentum_update_serial(p, g, state1[lo:hi], k[0], k[1], rule == NESTEROV, tiny)
+
+
+# ----------------------------------------------------------------------------------------------
+# Wide stacks: each layer split by columns over Numba's threads, BLAS on one thread
+#
+# A wide layer's step (W3: 784-1024-1024-10, batch 128) is GEMMs that BLAS splits over its own
+# threads, then the optimizer's pass over every parameter (1.86 M at W3, ~1 ms), which runs on
+# one core: BLAS's threads spin while they wait for the next GEMM, and Numba's threads woken
+# beside them fight them for the cores (measured: twice as slow). So here Numba's threads run
+# everything: thread k owns columns j0 … j1 − 1 of a layer's output and computes their GEMM (one
+# single-threaded BLAS call on strided views), bias and activation, their gradient, the weight
+# gradient's columns and then their update, while the block is still in its cache. Every
+# element is summed in the same order as in the unsplit step: the results are the same bits.
+# ----------------------------------------------------------------------------------------------
+
+#: Fewest columns (of a GEMM's output or of its kernel's rows) a thread takes, and fewest batch
+#: rows for the element-wise work: narrower splits run whole, on one thread.
+MIN_COLUMNS = 64
+MIN_ROWS = 32
+
+
+def gemm(trans_a, trans_b, a, b, out):
+    """``out = op(a) · op(b)`` into ``out``, where op(x) is xᵀ when its flag is set.
+
+    Shapes: op(a) (M, K), op(b) (K, N), out (M, N); each a 2-d view (of a C-ordered array)
+    whose rows may be strided but whose elements within a row are contiguous, so a block of
+    columns of a larger matrix is a valid argument. Compiled, one BLAS ``gemm`` call on the
+    views as they are (no copy); the calling thread's BLAS threads do the work.
+    """
+    out[...] = np.dot(a.T if trans_a else a, b.T if trans_b else b)
+
+
+@numba.extending.intrinsic
+def _pointer(typingctx, array):
+    """The address of ``array``'s first element, as a ``void*``."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(array)(context, builder, args[0]).data
+        return builder.bitcast(data, context.get_value_type(numba.types.voidptr))
+
+    return numba.types.voidptr(array), codegen
+
+
+@numba.extending.intrinsic
+def _pointer_to(typingctx, value):
+    """The address of a copy of scalar ``value`` on the caller's stack, as a ``void*``."""
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+
+        slot = cgutils.alloca_once_value(builder, args[0])
+        return builder.bitcast(slot, context.get_value_type(numba.types.voidptr))
+
+    return numba.types.voidptr(value), codegen
+
+
+# Numba's own BLAS entry point (what its np.dot calls): SciPy's ?gemm for kind 's' or 'd'.
+_xxgemm = numba.types.ExternalFunction("numba_xxgemm", numba.types.intc(
+    numba.types.char, numba.types.char, numba.types.char, numba.types.intp, numba.types.intp,
+    numba.types.intp, numba.types.voidptr, numba.types.voidptr, numba.types.intp,
+    numba.types.voidptr, numba.types.intp, numba.types.voidptr, numba.types.voidptr,
+    numba.types.intp))
+
+
+@numba.extending.overload(gemm, jit_options={"error_model": "numpy"})
+def _gemm_numba(trans_a, trans_b, a, b, out):
+    from numba.np.linalg import ensure_blas
+
+    ensure_blas()
+    kind = ord("s") if out.dtype == numba.types.float32 else ord("d")
+    no, yes = ord("N"), ord("T")
+
+    def impl(trans_a, trans_b, a, b, out):
+        # BLAS is column-major: a C-ordered (M, N) view with row stride ld is, to BLAS, the
+        # (N, M) matrix outᵀ with leading dimension ld. So it computes outᵀ = op(b)ᵀ·op(a)ᵀ,
+        # with b first and each flag passed on unchanged.
+        m, n = out.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        if m == 0 or n == 0 or k == 0:  # BLAS rejects a leading dimension of 0
+            out[:, :] = 0
+            return
+        size = out.itemsize
+        one, zero = out.dtype.type(1), out.dtype.type(0)
+        _xxgemm(kind, yes if trans_b else no, yes if trans_a else no, n, m, k,
+                _pointer_to(one), _pointer(b), b.strides[0] // size, _pointer(a),
+                a.strides[0] // size, _pointer_to(zero), _pointer(out), out.strides[0] // size)
+
+    return impl
+
+
+@numba.njit(cache=True)
+def _split(size, smallest, threads):
+    """How many of ``threads`` threads share ``size`` rows or columns, each taking ≥ smallest."""
+    return max(1, min(threads, size // smallest))
+
+
+def dense_stack_train_columns(data, targets, order, xb, tb, params, grads, work, layout, codes,
+                              rule, state1, state2, scalars, tiny, losses, correct, threads):
+    """:func:`dense_stack_train` with one batch (no row blocks) whose GEMMs are split over
+    ``threads`` threads; the same arguments (``layout``: (L, 8), the batch's own).
+
+    Per step, with thread k taking rows R of the batch, columns J of a layer's output or rows
+    I of its kernel (each a contiguous range; the GEMMs write strided blocks in place):
+        forward   z_l[:, J] = a_{l−1} · W_l[:, J]
+                  z_l[R] += b_l      a_l[R] = f_l(z_l[R])
+        backward  dz_l[R] = f'_l(z_l[R]) ⊙ dy_l[R]
+                  dy_{l−1}[:, I] = dz_l · W_l[I, :]ᵀ           (I: columns of the input)
+                  dW_l[I] = a_{l−1}[:, I]ᵀ · dz_l, then the update of W_l[I]
+                  db_l[J] = Σ_n dz_l[n, J], then the update of b_l[J]
+    A layer's weights are updated after its input gradient has read them, as one update after
+    the whole backward pass would: the step is :func:`dense_stack_step` plus the rule, and the
+    element-wise work and bias sums run in the same order as there.
+    """
+    batch = xb.shape[0]
+    last = layout.shape[0] - 1
+    rows = _split(batch, MIN_ROWS, threads)
+    for s in range(losses.size):
+        index = order[s * batch:(s + 1) * batch]
+        for h in prange(rows):
+            _gather_batch(data, targets, index, xb, tb, h * batch // rows,
+                          (h + 1) * batch // rows)
+        a = xb
+        for layer in range(last + 1):
+            d_in, d_out = layout[layer, D_IN], layout[layer, D_OUT]
+            kernel = _matrix(params, layout[layer, KERNEL], d_in, d_out)
+            z = _matrix(work, layout[layer, Z], batch, d_out)
+            y = _matrix(work, layout[layer, Y], batch, d_out)
+            bias = params[max(layout[layer, BIAS], 0):][:d_out]
+            parts = _split(d_out, MIN_COLUMNS, threads)
+            for k in prange(parts):
+                j0, j1 = k * d_out // parts, (k + 1) * d_out // parts
+                gemm(False, False, a, kernel[:, j0:j1], z[:, j0:j1])
+            for h in prange(rows):
+                r0, r1 = h * batch // rows, (h + 1) * batch // rows
+                bias_activation_forward_serial(z[r0:r1], bias, layout[layer, BIAS] >= 0,
+                                               codes[layer], y[r0:r1])
+            a = y
+        z_last = _matrix(work, layout[last, Z], batch, layout[last, D_OUT])
+        dy = _matrix(work, layout[last, DZ], batch, layout[last, D_OUT])
+        losses[s] = softmax_xent(z_last, tb, dy)
+        if correct.size:
+            correct[s] = count_correct(_matrix(work, layout[last, Y], batch,
+                                               layout[last, D_OUT]), tb)
+        k_s = scalars[s]
+        for layer in range(last, -1, -1):
+            d_in, d_out = layout[layer, D_IN], layout[layer, D_OUT]
+            # The last layer's dy is already dz (the fused loss differentiates the logits).
+            code = LINEAR if layer == last else codes[layer]
+            kernel = _matrix(params, layout[layer, KERNEL], d_in, d_out)
+            dkernel = _matrix(grads, layout[layer, KERNEL], d_in, d_out)
+            z = _matrix(work, layout[layer, Z], batch, d_out)
+            y = _matrix(work, layout[layer, Y], batch, d_out)
+            dz = _matrix(work, layout[layer, DZ], batch, d_out)
+            a_prev = xb if layer == 0 else _matrix(work, layout[layer - 1, Y], batch, d_in)
+            for h in prange(rows):
+                r0, r1 = h * batch // rows, (h + 1) * batch // rows
+                activation_backward_bias_serial(dy[r0:r1], z[r0:r1], y[r0:r1], code,
+                                                dz[r0:r1], grads[:0], False)
+            inputs = _split(d_in, MIN_COLUMNS, threads)
+            if layer > 0:
+                dy = _matrix(work, layout[layer, DX], batch, d_in)
+                for k in prange(inputs):
+                    i0, i1 = k * d_in // inputs, (k + 1) * d_in // inputs
+                    gemm(False, True, dz, kernel[i0:i1], dy[:, i0:i1])
+            for k in prange(inputs):
+                i0, i1 = k * d_in // inputs, (k + 1) * d_in // inputs
+                gemm(True, False, a_prev[:, i0:i1], dz, dkernel[i0:i1])
+                at = layout[layer, KERNEL]
+                _update(rule, params, grads, state1, state2, k_s, tiny, at + i0 * d_out,
+                        at + i1 * d_out)
+                at = layout[layer, BIAS]
+                if at >= 0:
+                    j0, j1 = k * d_out // inputs, (k + 1) * d_out // inputs
+                    _column_sums(dz, j0, j1, grads[at:at + d_out])
+                    _update(rule, params, grads, state1, state2, k_s, tiny, at + j0, at + j1)
+        if not np.isfinite(losses[s]):
+            return s + 1
+    return losses.size
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _column_sums(x, j0, j1, out):
+    """``out[j] = Σ_n x[n, j]`` for j0 ≤ j < j1, summed down the rows in order (x C-ordered)."""
+    for j in range(j0, j1):
+        out[j] = x.dtype.type(0)
+    for n in range(x.shape[0]):
+        row = x[n]
+        for j in range(j0, j1):
+            out[j] += row[j]
+
+
+dense_stack_train_columns = numba.njit(parallel=True, cache=True, error_model="numpy")(
+    dense_stack_train_columns)
 
 
 @numba.njit(cache=True, error_model="numpy")
