@@ -520,13 +520,15 @@ def _update(rule, params, grads, state1, state2, k, tiny, lo, hi):
 # Wide stacks: each layer split by columns over Numba's threads, BLAS on one thread
 #
 # A wide layer's step (W3: 784-1024-1024-10, batch 128) is GEMMs that BLAS splits over its own
-# threads, then the optimizer's pass over every parameter (1.86 M at W3, ~1 ms), which runs on
-# one core: BLAS's threads spin while they wait for the next GEMM, and Numba's threads woken
-# beside them fight them for the cores (measured: twice as slow). So here Numba's threads run
-# everything: thread k owns columns j0 … j1 − 1 of a layer's output and computes their GEMM (one
-# single-threaded BLAS call on strided views), bias and activation, their gradient, the weight
-# gradient's columns and then their update, while the block is still in its cache. Every
-# element is summed in the same order as in the unsplit step: the results are the same bits.
+# threads, then the optimizer's pass over every parameter (1.86 M at W3, ~1 ms, memory-bound),
+# which runs on one core: BLAS's threads spin while they wait for the next GEMM, and Numba's
+# threads woken beside them fight them for the cores (measured: twice as slow). So here Numba's
+# threads run everything, BLAS on one thread: each GEMM as one BLAS call per block of output
+# columns (on strided views, no copies), the element-wise passes by batch rows (contiguous, so
+# they vectorise), and the weight gradient by blocks of the kernel's rows, each thread updating
+# the rows it has just differentiated. Each element is summed in the same order as in the
+# one-thread step; only BLAS may round a narrow block differently from the whole product (at
+# W3's shapes the results are the same bits).
 # ----------------------------------------------------------------------------------------------
 
 #: Fewest columns (of a GEMM's output or of its kernel's rows) a thread takes, and fewest batch
