@@ -948,9 +948,10 @@ RULE_SCALARS = {"sgd": [0.05], "momentum": [0.05, 0.9], "nesterov": [0.05, 0.9],
 @pytest.mark.parametrize("rule", sorted(RULE_SCALARS))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_stack_train_columns(dtype, rule, onehot):
-    """Three steps of batch 70 on 1, 2 and 3 threads (columns and batch rows split unevenly)
-    against the NumPy backend's loop: losses, parameters, optimizer state, gradients, the
-    layers' z, y, dz and dx, and the right predictions."""
+    """Three steps of batch 70 on 1, 2 and 3 threads (at these sizes at most two blocks of
+    columns or rows each, some uneven: the third thread finds nothing to split) against the
+    NumPy backend's loop: losses, parameters, optimizer state, gradients, the layers' z, y,
+    dz and dx, and the right predictions."""
     from nnlite.backend import numba_backend
 
     r = rng(21)
