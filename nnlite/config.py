@@ -114,7 +114,8 @@ def auto_threads(step_flops: float):
     BLAS runs its GEMMs on several threads, Numba's element-wise kernels stay serial
     (:func:`parallel_kernels`): Numba's OpenMP threads spin after each parallel kernel and take
     the cores BLAS's threads need next (W3 measured 0.92 s a quarter epoch with serial kernels,
-    1.58 s with parallel ones).
+    1.58 s with parallel ones). A loop that splits its own GEMMs over Numba's threads (the
+    Numba backend's wide Dense stacks) holds BLAS to one thread itself (:func:`one_blas_thread`).
     """
     if _THREADS is None and step_flops < SMALL_STEP_FLOPS:
         return one_blas_thread()
