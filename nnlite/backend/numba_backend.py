@@ -436,7 +436,7 @@ def _block_count(n, min_rows=None):
     otherwise the cores would be oversold."""
     min_rows = MIN_BLOCK_ROWS if min_rows is None else min_rows
     threads = numba.get_num_threads() if config.blas_single_threaded() else 1
-    return max(1, min(threads, n // min_rows))
+    return K.split(n, min_rows, threads)
 
 
 def _column_threads(plan):

@@ -607,7 +607,7 @@ def _gemm_numba(trans_a, trans_b, a, b, out):
 
 
 @numba.njit(cache=True)
-def _split(size, smallest, threads):
+def split(size, smallest, threads):
     """How many of ``threads`` threads share ``size`` rows or columns, each taking ≥ smallest."""
     return max(1, min(threads, size // smallest))
 
@@ -631,7 +631,7 @@ def dense_stack_train_columns(data, targets, order, xb, tb, params, grads, work,
     """
     batch = xb.shape[0]
     last = layout.shape[0] - 1
-    rows = _split(batch, MIN_ROWS, threads)
+    rows = split(batch, MIN_ROWS, threads)
     for s in range(losses.size):
         index = order[s * batch:(s + 1) * batch]
         for h in prange(rows):
@@ -644,7 +644,7 @@ def dense_stack_train_columns(data, targets, order, xb, tb, params, grads, work,
             z = _matrix(work, layout[layer, Z], batch, d_out)
             y = _matrix(work, layout[layer, Y], batch, d_out)
             bias = params[max(layout[layer, BIAS], 0):][:d_out]
-            parts = _split(d_out, MIN_COLUMNS, threads)
+            parts = split(d_out, MIN_COLUMNS, threads)
             for k in prange(parts):
                 j0, j1 = k * d_out // parts, (k + 1) * d_out // parts
                 gemm(False, False, a, kernel[:, j0:j1], z[:, j0:j1])
@@ -674,7 +674,7 @@ def dense_stack_train_columns(data, targets, order, xb, tb, params, grads, work,
                 r0, r1 = h * batch // rows, (h + 1) * batch // rows
                 activation_backward_bias_serial(dy[r0:r1], z[r0:r1], y[r0:r1], code,
                                                 dz[r0:r1], grads[:0], False)
-            inputs = _split(d_in, MIN_COLUMNS, threads)
+            inputs = split(d_in, MIN_COLUMNS, threads)
             if layer > 0:
                 dy = _matrix(work, layout[layer, DX], batch, d_in)
                 for k in prange(inputs):
