@@ -592,6 +592,13 @@ def _lstm_sequence_outputs(xh, c):
     return full((t, n, 4 * u)), full((t, n, u)), full((t, n, u)), full((n, 4 * u))
 
 
+def _packed(b):
+    """``b`` packed for :func:`numba_kernels.gemm_packed` (as the backend packs θ and Rᵀ)."""
+    panels = np.full(K.panel_shape(*b.shape, b.dtype), np.nan, b.dtype)
+    K.pack_panels(b, panels)
+    return panels
+
+
 def _row_blocks(n):
     """The whole batch, and two uneven blocks (as two threads would split it)."""
     return [[(0, n)], [(0, 4), (4, n)]]
@@ -607,17 +614,18 @@ def test_lstm_forward_sequence(dtype, act, rec):
     g_ref, h_ref, a_ref, hz = _lstm_sequence_outputs(xh0, c0)
     REF.lstm_forward_sequence(xh_ref, theta, g_ref, c_ref, h_ref, a_ref, hz, act_fn, rec_fn)
     assert np.all(np.isfinite(h_ref)) and np.all(np.isfinite(xh_ref))
+    panels = _packed(theta)
     for variant in ("py_func", "compiled"):
         kernel = K.lstm_forward_sequence
         kernel = kernel.py_func if variant == "py_func" else kernel
         for blocks in _row_blocks(xh0.shape[1]):
             xh, c = xh0.copy(), c0.copy()
             g, h, a, hz = _lstm_sequence_outputs(xh0, c0)
-            theta_before = theta.copy()
+            panels_before = panels.copy()
             for r0, r1 in blocks:
-                assert kernel(xh, theta, g, c, h, a, hz, K.CODES[act], K.CODES[rec], r0,
+                assert kernel(xh, panels, g, c, h, a, hz, K.CODES[act], K.CODES[rec], r0,
                               r1) is None
-            np.testing.assert_array_equal(theta, theta_before)
+            np.testing.assert_array_equal(panels, panels_before)
             what = f"lstm forward sequence {act}/{rec} {variant} blocks {blocks}"
             for got, want in zip((xh, g, c, h, a), (xh_ref, g_ref, c_ref, h_ref, a_ref)):
                 assert got.dtype == np.dtype(dtype), what
@@ -649,7 +657,8 @@ def test_lstm_backward_sequence(dtype, act, rec, sequences):
     REF.lstm_backward_sequence(dy, gates, recurrent, c, act_c, nan.copy(), dc_ref, dz_ref,
                                act_fn, rec_fn)
     assert np.all(np.isfinite(dz_ref))
-    inputs = (dy, gates, recurrent, c, act_c)
+    panels = _packed(recurrent.T)
+    inputs = (dy, gates, panels, c, act_c)
     before = [a.copy() for a in inputs]
     for variant in ("py_func", "compiled"):
         kernel = K.lstm_backward_sequence
@@ -657,7 +666,7 @@ def test_lstm_backward_sequence(dtype, act, rec, sequences):
         for blocks in _row_blocks(n):
             dz, dc = np.full_like(gates, np.nan), nan.copy()
             for r0, r1 in blocks:
-                assert kernel(dy, gates, recurrent, c, act_c, nan.copy(), dc, dz, K.CODES[act],
+                assert kernel(dy, gates, panels, c, act_c, nan.copy(), dc, dz, K.CODES[act],
                               K.CODES[rec], r0, r1) is None
             what = f"lstm backward sequence {act}/{rec} {variant} blocks {blocks}"
             assert dz.dtype == np.dtype(dtype), what
@@ -824,10 +833,10 @@ def test_split_gemm_reuses_its_partial_products(monkeypatch):
     r = rng(9)
     x, dz = r.standard_normal((200, 30)), r.standard_normal((200, 40))
     first = backend.matmul(x.T, dz)
-    scratch = dict(backend._local.partials)
+    scratch = dict(backend._local.scratch)
     second = backend.matmul(x.T, dz)
     assert len(scratch) == 1
-    assert all(backend._local.partials[key] is buf for key, buf in scratch.items())
+    assert all(backend._local.scratch[key] is buf for key, buf in scratch.items())
     np.testing.assert_array_equal(first, second)
     assert_close(second, x.T @ dz, "float64", "x·dz")
 
@@ -938,6 +947,67 @@ def test_gemm_writes_a_block_of_columns_in_place(dtype, trans_a, trans_b):
         call(trans_a, trans_b, a[:0] if trans_a else a[:, :0], b[:, :0] if trans_b else b[:0],
              out)
         np.testing.assert_array_equal(out, 0, err_msg=name)
+
+
+@functools.cache
+def _compiled_gemm_packed():
+    import numba
+
+    @numba.njit
+    def call(a, panels, out):
+        K.gemm_packed(a, panels, out)
+
+    return call
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["b", "bT"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pack_panels(dtype, transposed):
+    """Panels of ``width`` columns, ``panels[p, k, j] = b[k, p·width + j]``, zeros past the
+    last column (a C-ordered b, and a transposed view as the backend packs Rᵀ)."""
+    width = K.panel_width(dtype)
+    assert width * np.dtype(dtype).itemsize == 128  # two 64-byte vectors
+    r = rng(4)
+    for k, n in ((1, 1), (7, width), (5, width + 3), (3, 2 * width - 1), (0, 5)):
+        b = r.standard_normal((n, k)).astype(dtype).T if transposed else \
+            r.standard_normal((k, n)).astype(dtype)
+        assert K.panel_shape(k, n, dtype) == (-(-n // width), k, width)
+        count = K.panel_shape(k, n, dtype)[0]
+        padded = np.zeros((k, count * width), dtype)
+        padded[:, :n] = b
+        expected = padded.reshape(k, count, width).transpose(1, 0, 2)
+        for name, pack in (("py_func", K.pack_panels.py_func), ("compiled", K.pack_panels)):
+            panels = np.full(K.panel_shape(k, n, dtype), np.nan, dtype)
+            assert pack(b, panels) is None
+            np.testing.assert_array_equal(panels, expected, err_msg=f"{name} {k}x{n}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_packed_against_numpy(dtype):
+    """``gemm_packed`` (the micro-kernel over tiles of 1-6 rows, the last panel masked)
+    against NumPy's product for every row remainder and panel edge: written into a block of a
+    larger output (strided rows) and nowhere else; an empty inner dimension gives zeros."""
+    r = rng(5)
+    width = K.panel_width(dtype)
+    shapes = [(m, k, n) for m in (1, 5, 6, 13, 50) for k, n in ((1, 1), (9, width),
+                                                                (17, width + 5), (4, 3))]
+    for name, call in (("py_func", K.gemm_packed), ("compiled", _compiled_gemm_packed())):
+        for m, k, n in shapes + [(0, 3, 4), (4, 0, 7)]:
+            big_a = r.standard_normal((m, k + 3)).astype(dtype)
+            a = big_a[:, 1:1 + k]  # strided rows
+            b = r.standard_normal((k, n)).astype(dtype)
+            panels = np.full(K.panel_shape(k, n, dtype), np.nan, dtype)
+            K.pack_panels(b, panels)
+            big = np.full((m + 2, n + 7), np.nan, dtype)
+            out = big[1:1 + m, 3:3 + n]
+            assert call(a, panels, out) is None
+            what = f"{name} {m}x{k}x{n}"
+            if k == 0:
+                np.testing.assert_array_equal(out, 0, err_msg=what)
+            elif m:
+                assert_close(out, a.astype(np.float64) @ b, dtype, what)
+            out[...] = 0
+            assert np.isnan(big).sum() == big.size - out.size, f"{what}: wrote outside out"
 
 
 RULE_SCALARS = {"sgd": [0.05], "momentum": [0.05, 0.9], "nesterov": [0.05, 0.9],

@@ -12,10 +12,12 @@ It overrides only what it speeds up (see :mod:`nnlite.backend.numba_kernels` for
 - a whole training step of a plain Dense stack (forward, fused loss, backward) as one compiled
   function calling BLAS through ``np.dot``, and an epoch's steps with their updates as one
   compiled loop (for a wide stack, its GEMMs split by columns over Numba's threads);
-- the LSTM cell, and each walk through time as one compiled loop.
+- the LSTM cell, and each walk through time as one compiled loop, its per-step GEMMs on
+  weights packed once per walk (:func:`numba_kernels.gemm_packed`: at such thin shapes BLAS
+  spends a third of its time repacking the same weights).
 
-GEMMs stay in BLAS unless ``gemm="blocked"`` selects the hand-written blocked kernel (for the
-kernel benchmark and for teaching). While ``fit`` holds BLAS to one thread (small steps), work
+Other GEMMs stay in BLAS unless ``gemm="blocked"`` selects the hand-written blocked kernel (for
+the kernel benchmark and for teaching). While ``fit`` holds BLAS to one thread (small steps), work
 that splits cleanly runs on Numba's threads instead (the launchers at the end of
 :mod:`numba_kernels`): the LSTM's batch rows, and any single GEMM of at least
 ``SPLIT_GEMM_FLOPS`` as row blocks or as a sum over blocks of its inner dimension.
@@ -52,8 +54,9 @@ MIN_BLOCK_ROWS = 32
 # threads.
 SPLIT_GEMM_FLOPS = 50e6
 GEMM_MIN_BLOCK = 64
-# Shapes of partial-product scratch a thread keeps for split GEMMs (an LSTM step needs one).
-MAX_PARTIALS = 4
+# Shapes of scratch a thread keeps (an LSTM layer's step needs three: its packed weights for
+# each walk and the partial products of its weight gradients).
+MAX_SCRATCH = 8
 
 _TINY = {np.dtype(t): np.dtype(t).type(np.finfo(t).tiny) for t in (np.float32, np.float64)}
 
@@ -87,7 +90,7 @@ class NumbaBackend(Backend):
                 f"NumbaBackend: expected `gemm` to be 'blas' or 'blocked', received {gemm!r}"
             )
         self.gemm = gemm
-        self._local = threading.local()  # per Python thread: the split GEMMs' partial products
+        self._local = threading.local()  # per Python thread: scratch (see _scratch)
         # SciPy's BLAS is loaded (module imports): re-apply set_threads so its limit reaches it.
         config.set_threads(config.threads())
 
@@ -126,22 +129,23 @@ class NumbaBackend(Backend):
             elif a.T.flags.c_contiguous and b.flags.c_contiguous:
                 blocks = _block_bounds(k, GEMM_MIN_BLOCK)
                 if blocks is not None:
-                    parts = self._partials((blocks.size - 1, m, n), out.dtype)
+                    parts = self._scratch((blocks.size - 1, m, n), out.dtype)
                     K.matmul_sum_blocks(a.T, b, parts, out, blocks)
         if blocks is None:
             np.matmul(a, b, out=out)
         return out
 
-    def _partials(self, shape, dtype):
-        """Scratch for the partial products of a split GEMM, reused from step to step (at most
-        MAX_PARTIALS shapes kept), one set per Python thread so that two never share one."""
-        cache = getattr(self._local, "partials", None)
+    def _scratch(self, shape, dtype):
+        """Scratch (a split GEMM's partial products, an LSTM walk's packed weights) reused from
+        step to step (at most MAX_SCRATCH shapes kept), one set per Python thread so that two
+        never share one."""
+        cache = getattr(self._local, "scratch", None)
         if cache is None:
-            cache = self._local.partials = {}
+            cache = self._local.scratch = {}
         key = (shape, np.dtype(dtype))
         buf = cache.get(key)
         if buf is None:
-            if len(cache) >= MAX_PARTIALS:
+            if len(cache) >= MAX_SCRATCH:
                 del cache[next(iter(cache))]
             buf = cache[key] = np.empty(shape, dtype=dtype)
         return buf
@@ -346,9 +350,11 @@ class NumbaBackend(Backend):
             # ... and on Numba's threads, one row each, with the layer's split GEMMs (xh·theta
             # and dz·kernelᵀ as row blocks, xhᵀ·dz summed over blocks of rows).
             rows = np.array([0, 1, 2], np.int64)
-            K.lstm_forward_blocks(xh, theta, gates, c, h, act_c, hz, K.TANH, K.SIGMOID, rows)
-            K.lstm_backward_blocks(h, gates, recurrent, c, act_c, c_prev, np.zeros_like(c_prev),
-                                   np.zeros_like(gates), K.TANH, K.SIGMOID, rows)
+            K.lstm_forward_blocks(xh, self._packed(theta), gates, c, h, act_c, hz, K.TANH,
+                                  K.SIGMOID, rows)
+            K.lstm_backward_blocks(h, gates, self._packed(recurrent.T), c, act_c, c_prev,
+                                   np.zeros_like(c_prev), np.zeros_like(gates), K.TANH,
+                                   K.SIGMOID, rows)
             xh2, dz2 = xh.reshape(4, 4), gates.reshape(4, 8)
             K.matmul_row_blocks(xh2, theta, np.zeros((4, 8), dt), rows)
             K.matmul_row_blocks(dz2, theta.T, np.zeros((4, 4), dt), rows)
@@ -406,12 +412,14 @@ class NumbaBackend(Backend):
             return super().lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, activation,
                                                  recurrent_activation)
         # The rows of a batch never mix in the recurrence: each thread walks all T steps for
-        # its row block (its own small GEMMs on one BLAS thread, its own cells).
+        # its row block (its own small GEMMs, its own cells), on theta packed once.
+        panels = self._packed(theta)
         blocks = _block_bounds(gates.shape[1])
         if blocks is None:
-            K.lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, *codes, 0, gates.shape[1])
+            K.lstm_forward_sequence(xh, panels, gates, c, h, act_c, hz, *codes, 0,
+                                    gates.shape[1])
         else:
-            K.lstm_forward_blocks(xh, theta, gates, c, h, act_c, hz, *codes, blocks)
+            K.lstm_forward_blocks(xh, panels, gates, c, h, act_c, hz, *codes, blocks)
 
     def lstm_backward_sequence(self, dy, gates, recurrent_kernel, c, act_c, dh, dc, dz,
                                activation, recurrent_activation):
@@ -421,12 +429,18 @@ class NumbaBackend(Backend):
         if codes is None:
             return super().lstm_backward_sequence(dy, gates, recurrent_kernel, c, act_c, dh, dc,
                                                   dz, activation, recurrent_activation)
-        args = (dy, gates, recurrent_kernel, c, act_c, dh, dc, dz, *codes)
+        args = (dy, gates, self._packed(recurrent_kernel.T), c, act_c, dh, dc, dz, *codes)
         blocks = _block_bounds(gates.shape[1])
         if blocks is None:
             K.lstm_backward_sequence(*args, 0, gates.shape[1])
         else:
             K.lstm_backward_blocks(*args, blocks)
+
+    def _packed(self, b):
+        """``b`` (K, N) packed for :func:`numba_kernels.gemm_packed`, in reused scratch."""
+        panels = self._scratch(K.panel_shape(*b.shape, b.dtype), b.dtype)
+        K.pack_panels(b, panels)
+        return panels
 
 
 def _block_count(n, min_rows=None):
