@@ -983,18 +983,22 @@ def test_pack_panels(dtype, transposed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gemm_packed_against_numpy(dtype):
+@pytest.mark.parametrize("transposed", [False, True], ids=["a", "aT"])
+def test_gemm_packed_against_numpy(dtype, transposed):
     """``gemm_packed`` (the micro-kernel over tiles of 1-6 rows, the last panel masked)
-    against NumPy's product for every row remainder and panel edge: written into a block of a
-    larger output (strided rows) and nowhere else; an empty inner dimension gives zeros."""
+    against NumPy's product for every row remainder and panel edge, with a left factor whose
+    rows are strided or which is a transposed view: written into a block of a larger output
+    (strided rows) and nowhere else; an empty inner dimension gives zeros."""
     r = rng(5)
     width = K.panel_width(dtype)
     shapes = [(m, k, n) for m in (1, 5, 6, 13, 50) for k, n in ((1, 1), (9, width),
                                                                 (17, width + 5), (4, 3))]
     for name, call in (("py_func", K.gemm_packed), ("compiled", _compiled_gemm_packed())):
         for m, k, n in shapes + [(0, 3, 4), (4, 0, 7)]:
-            big_a = r.standard_normal((m, k + 3)).astype(dtype)
-            a = big_a[:, 1:1 + k]  # strided rows
+            if transposed:
+                a = r.standard_normal((k + 3, m)).astype(dtype)[3:].T
+            else:
+                a = r.standard_normal((m, k + 3)).astype(dtype)[:, 1:1 + k]
             b = r.standard_normal((k, n)).astype(dtype)
             panels = np.full(K.panel_shape(k, n, dtype), np.nan, dtype)
             K.pack_panels(b, panels)

@@ -849,57 +849,79 @@ def panel_shape(k: int, n: int, dtype) -> tuple:
 def _tile_kernel(rows):
     """The micro-kernel for ``rows`` output rows, as a Numba intrinsic:
 
-        tile(a, lda, row, panels, p, out, ldc, col, cols)
+        tile(a, row, panels, p, out, col, cols)
         out[row + i, col + j] = Σ_k a[row + i, k] · panels[p, k, j]    i < rows, j < cols
 
-    ``lda``/``ldc`` are the row strides of ``a`` and ``out`` in elements; K is
+    ``a`` and ``out`` are 2-d views with any strides (whole numbers of elements); K is
     ``panels.shape[1]`` (at least 1) and ``cols`` ≤ the panel's width (masked stores beyond
-    it). Only reads and writes those elements: the caller checks every bound.
+    it). It reads and writes only those elements, and checks no bound: the caller does.
     """
 
     @numba.extending.intrinsic
-    def tile(typingctx, a, lda, row, panels, p, out, ldc, col, cols):
+    def tile(typingctx, a, row, panels, p, out, col, cols):
         arrays = (a, panels, out)
         if not all(isinstance(x, numba.types.Array) and x.dtype == a.dtype for x in arrays):
             return None
         if a.dtype not in (numba.types.float32, numba.types.float64):
             return None
-        sig = numba.types.void(a, lda, row, panels, p, out, ldc, col, cols)
+        sig = numba.types.void(a, row, panels, p, out, col, cols)
 
         def codegen(context, builder, signature, args):
             from llvmlite import ir
             from numba.core import cgutils
 
-            a_arr = context.make_array(signature.args[0])(context, builder, args[0])
-            p_arr = context.make_array(signature.args[3])(context, builder, args[3])
-            o_arr = context.make_array(signature.args[5])(context, builder, args[5])
-            lda_v, row_v, p_v, ldc_v, col_v, cols_v = (
+            a_arr, p_arr, o_arr = (context.make_array(signature.args[i])(context, builder,
+                                                                         args[i])
+                                   for i in (0, 2, 4))
+            row_v, p_v, col_v, cols_v = (
                 context.cast(builder, args[i], signature.args[i], numba.types.int64)
-                for i in (1, 2, 4, 6, 7, 8))
+                for i in (1, 3, 5, 6))
             scalar = context.get_value_type(signature.args[0].dtype)
-            lanes = 64 // context.get_abi_sizeof(scalar)
+            size = context.get_abi_sizeof(scalar)
+            lanes = 64 // size
             vec = ir.VectorType(scalar, lanes)
             i32, i64 = ir.IntType(32), ir.IntType(64)
-            suffix = f"v{lanes}f{8 * context.get_abi_sizeof(scalar)}"
-            fmuladd = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.{suffix}")
             mask_type = ir.VectorType(ir.IntType(1), lanes)
-            store = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mask_type]),
-                f"llvm.masked.store.{suffix}.p0")
+            suffix = f"v{lanes}f{8 * size}"
+
+            def intrinsic(name, result, *operands):
+                return cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(result, operands), f"llvm.{name}")
+
+            fmuladd = intrinsic(f"fmuladd.{suffix}", vec, vec, vec, vec)
+            store = intrinsic(f"masked.store.{suffix}.p0", ir.VoidType(), vec,
+                              vec.as_pointer(), i32, mask_type)
 
             def const(v):
                 return ir.Constant(i64, v)
 
+            def elements(strides):  # byte strides → element strides
+                return [builder.sdiv(s, const(size)) for s in cgutils.unpack_tuple(builder,
+                                                                                   strides, 2)]
+
+            a_row, a_col = elements(a_arr.strides)
+            o_row, o_col = elements(o_arr.strides)
             k_v = cgutils.unpack_tuple(builder, p_arr.shape, 3)[1]
-            a_rows = [builder.gep(a_arr.data, [builder.mul(builder.add(row_v, const(i)), lda_v)])
+            a_rows = [builder.gep(a_arr.data, [builder.mul(builder.add(row_v, const(i)), a_row)])
                       for i in range(rows)]
             b_base = builder.gep(p_arr.data,
                                  [builder.mul(builder.mul(p_v, k_v), const(2 * lanes))])
-            zero = ir.Constant(vec, None)
-            undef = ir.Constant(vec, ir.Undefined)
+            # out's 2·rows vectors, and which of their lanes lie before column col + cols
             splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+            undef = ir.Constant(vec, ir.Undefined)
+            limit = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(ir.VectorType(i64, lanes), ir.Undefined),
+                                       cols_v, ir.Constant(i32, 0)),
+                ir.Constant(ir.VectorType(i64, lanes), ir.Undefined), splat)
+            masks = [builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, lanes),
+                                                          [lanes * j + v for v in range(lanes)]),
+                                         limit) for j in range(2)]
+            targets = [builder.bitcast(builder.gep(o_arr.data, [builder.add(
+                builder.mul(builder.add(row_v, const(i)), o_row),
+                builder.mul(builder.add(col_v, const(lanes * j)), o_col))]), vec.as_pointer())
+                for i in range(rows) for j in range(2)]
+            zero = ir.Constant(vec, None)
+            alignment = ir.Constant(i32, size)
             start = builder.basic_block
             loop = builder.append_basic_block("tile.loop")
             done = builder.append_basic_block("tile.done")
@@ -912,10 +934,10 @@ def _tile_kernel(rows):
                 phi.add_incoming(zero, start)
             b_row = builder.gep(b_base, [builder.mul(k, const(2 * lanes))])
             b = [builder.load(builder.bitcast(builder.gep(b_row, [const(lanes * j)]),
-                                              vec.as_pointer()), align=4) for j in range(2)]
+                                              vec.as_pointer()), align=size) for j in range(2)]
             new = []
             for i in range(rows):
-                a_ik = builder.load(builder.gep(a_rows[i], [k]))
+                a_ik = builder.load(builder.gep(a_rows[i], [builder.mul(k, a_col)]))
                 a_vec = builder.shuffle_vector(
                     builder.insert_element(undef, a_ik, ir.Constant(i32, 0)), undef, splat)
                 new += [builder.call(fmuladd, [a_vec, b[j], acc[2 * i + j]]) for j in range(2)]
@@ -925,18 +947,8 @@ def _tile_kernel(rows):
                 phi.add_incoming(value, builder.basic_block)
             builder.cbranch(builder.icmp_signed("<", k_next, k_v), loop, done)
             builder.position_at_end(done)
-            limit = builder.insert_element(ir.Constant(ir.VectorType(i64, lanes), None), cols_v,
-                                           ir.Constant(i32, 0))
-            limit = builder.shuffle_vector(limit, ir.Constant(ir.VectorType(i64, lanes),
-                                                              ir.Undefined), splat)
-            for j in range(2):
-                lane = ir.Constant(ir.VectorType(i64, lanes), [lanes * j + v for v in range(lanes)])
-                mask = builder.icmp_signed("<", lane, limit)
-                for i in range(rows):
-                    at = builder.add(builder.mul(builder.add(row_v, const(i)), ldc_v),
-                                     builder.add(col_v, const(lanes * j)))
-                    target = builder.bitcast(builder.gep(o_arr.data, [at]), vec.as_pointer())
-                    builder.call(store, [new[2 * i + j], target, ir.Constant(i32, 4), mask])
+            for n, (value, target) in enumerate(zip(new, targets)):
+                builder.call(store, [value, target, alignment, masks[n % 2]])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -944,7 +956,7 @@ def _tile_kernel(rows):
     return tile
 
 
-_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_tile_kernel(r) for r in range(1, 7))
+_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_tile_kernel(rows) for rows in range(1, 7))
 
 
 def pack_panels(b, panels):
@@ -965,10 +977,10 @@ def pack_panels(b, panels):
 def gemm_packed(a, panels, out):
     """``out = a · B``, where ``panels`` hold B (K, N) as :func:`pack_panels` wrote them.
 
-    Shapes: a (M, K), out (M, N), each a 2-d view whose rows may be strided but whose elements
-    within a row are contiguous (a block of columns of a larger matrix will do); all of one
-    dtype. Compiled, the micro-kernel runs over tiles of TILE_ROWS rows by one panel (the last
-    rows in smaller tiles, the last panel's missing columns masked); no BLAS, no allocation.
+    Shapes: a (M, K), out (M, N): 2-d views (of C-ordered arrays, or transposed, or blocks of
+    columns), all of one dtype. Compiled, the micro-kernel runs over tiles of TILE_ROWS rows by
+    one panel (the last rows in smaller tiles, the last panel's missing columns masked); no
+    BLAS, no allocation.
     """
     count, k, width = panels.shape
     b = panels.transpose(1, 0, 2).reshape(k, count * width)
@@ -980,29 +992,27 @@ def _gemm_packed_numba(a, panels, out):
     def impl(a, panels, out):
         m, n = out.shape
         width = panels.shape[2]
-        if panels.shape[1] == 0:
+        if panels.shape[1] == 0:  # an empty sum
             out[:, :] = 0
             return
-        lda = a.strides[0] // a.itemsize
-        ldc = out.strides[0] // out.itemsize
         for p in range(panels.shape[0]):
             col = p * width
             cols = min(width, n - col)
             row = 0
             while row + TILE_ROWS <= m:
-                _tile6(a, lda, row, panels, p, out, ldc, col, cols)
+                _tile6(a, row, panels, p, out, col, cols)
                 row += TILE_ROWS
             rest = m - row
             if rest == 1:
-                _tile1(a, lda, row, panels, p, out, ldc, col, cols)
+                _tile1(a, row, panels, p, out, col, cols)
             elif rest == 2:
-                _tile2(a, lda, row, panels, p, out, ldc, col, cols)
+                _tile2(a, row, panels, p, out, col, cols)
             elif rest == 3:
-                _tile3(a, lda, row, panels, p, out, ldc, col, cols)
+                _tile3(a, row, panels, p, out, col, cols)
             elif rest == 4:
-                _tile4(a, lda, row, panels, p, out, ldc, col, cols)
+                _tile4(a, row, panels, p, out, col, cols)
             elif rest == 5:
-                _tile5(a, lda, row, panels, p, out, ldc, col, cols)
+                _tile5(a, row, panels, p, out, col, cols)
 
     return impl
 
