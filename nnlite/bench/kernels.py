@@ -6,6 +6,12 @@ operands passed as the engine passes them: ``xᵀ`` and ``Wᵀ`` are views) and 
     GFLOP/s = 2·M·K·N / seconds / 1e9          fraction of peak = GFLOP/s / peak
     peak    = the best float32 BLAS GEMM GFLOP/s at 2048³ and 4096³ with all threads
 
+BLAS and the blocked kernel run on all threads. At the LSTM's per-step shapes the table also
+times ``numba-packed``, the kernel the Numba backend's walks use
+(:func:`nnlite.backend.numba_kernels.gemm_packed`): one call on one thread, its right factor
+packed beforehand (the walks pack the weights once for all T steps), so against BLAS's column
+it compares one core with all of them.
+
 Each result is checked once against a float64 product (norm-wise relative error).
 
 Fused kernels (the Numba backend's, and the CuPy backend's with a GPU) against their unfused
@@ -131,13 +137,14 @@ def _rel_err(actual, expected) -> float:
 def run_gemms(shapes, peak: dict, quick: bool, gpu: tuple[bool, str], gpu_peak=None) -> list:
     """Time every GEMM shape with every implementation; returns records."""
     records = []
-    blocked = None
+    blocked = packed = None
     if importlib.util.find_spec("numba") is not None:
         from nnlite.backend.numba_backend import NumbaBackend
 
         blocked = NumbaBackend(gemm="blocked")
         tiny = np.ones((2, 2), np.float32)
         blocked.matmul(tiny, tiny)  # compile (or load from the disk cache) outside the timing
+        packed = _packed_gemm()
     for label, m, k, n in shapes:
         a, b = _operands(label, m, k, n)
         ref = a.astype(np.float64) @ b.astype(np.float64)
@@ -145,6 +152,8 @@ def run_gemms(shapes, peak: dict, quick: bool, gpu: tuple[bool, str], gpu_peak=N
         impls = [("blas", lambda a, b, out: np.matmul(a, b, out=out), None)]
         if blocked is not None:
             impls.append(("numba-blocked", lambda a, b, out: blocked.matmul(a, b, out=out), None))
+        if packed is not None and ("LSTM step" in label or "LSTM dh" in label):
+            impls.append(("numba-packed", packed(b), None))
         for impl, fn, _ in impls:
             out = np.empty((m, n), np.float32)
             big = flops > 2e10 and impl == "numba-blocked"
@@ -166,6 +175,25 @@ def run_gemms(shapes, peak: dict, quick: bool, gpu: tuple[bool, str], gpu_peak=N
             rec["device"] = gpu[1]
             records.append(rec)
     return records
+
+
+def _packed_gemm():
+    """``prepare(b)`` → ``fn(a, b, out)``: :func:`numba_kernels.gemm_packed` on ``b`` packed
+    once by ``prepare`` (outside the timing, as the LSTM walks pack their weights)."""
+    import numba
+
+    from nnlite.backend import numba_kernels as K
+
+    @numba.njit
+    def product(a, panels, out):
+        K.gemm_packed(a, panels, out)
+
+    def prepare(b):
+        panels = np.empty(K.panel_shape(*b.shape, b.dtype), b.dtype)
+        K.pack_panels(b, panels)
+        return lambda a, _b, out: product(a, panels, out)
+
+    return prepare
 
 
 def _gemm_record(label, m, k, n, impl, t, flops, peak, err) -> dict:
