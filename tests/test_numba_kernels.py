@@ -985,13 +985,13 @@ def test_pack_panels(dtype, transposed):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("transposed", [False, True], ids=["a", "aT"])
 def test_gemm_packed_against_numpy(dtype, transposed):
-    """``gemm_packed`` (the micro-kernel over tiles of 1-6 rows, the last panel masked)
-    against NumPy's product for every row remainder and panel edge, with a left factor whose
-    rows are strided or which is a transposed view: written into a block of a larger output
-    (strided rows) and nowhere else; an empty inner dimension gives zeros."""
+    """``gemm_packed`` (the micro-kernel over tiles of 8, 4, 2 and 1 rows, the last panel
+    masked) against NumPy's product for every row remainder and panel edge, with a left factor
+    whose rows are strided or which is a transposed view: written into a block of a larger
+    output (strided rows) and nowhere else; an empty inner dimension gives zeros."""
     r = rng(5)
     width = K.panel_width(dtype)
-    shapes = [(m, k, n) for m in (1, 5, 6, 13, 50) for k, n in ((1, 1), (9, width),
+    shapes = [(m, k, n) for m in (1, 2, 7, 8, 15, 50) for k, n in ((1, 1), (9, width),
                                                                 (17, width + 5), (4, 3))]
     for name, call in (("py_func", K.gemm_packed), ("compiled", _compiled_gemm_packed())):
         for m, k, n in shapes + [(0, 3, 4), (4, 0, 7)]:

@@ -815,15 +815,15 @@ def matmul_blocked(a, b, out):
 # (U+D+1) × 4U, forward, and Rᵀ, 4U × U, backward. BLAS repacks its operands into its own
 # layout on every call, and at such thin shapes that and its edge handling cost a third of the
 # product (50×157×512 on one core: 75 µs, 105 GFLOP/s). Here the weights are packed once per
-# walk into panels of PANEL columns, ``panels[p, k, :] = B[k, p·PANEL:(p+1)·PANEL]`` (zeros
-# past the last column), and a micro-kernel computes each TILE_ROWS × PANEL block of the
-# output in registers:
+# walk into panels of w columns (:func:`panel_width`: two 64-byte vectors),
+# ``panels[p, k, :] = B[k, p·w:(p+1)·w]`` (zeros past the last column), and a micro-kernel
+# computes each TILE_ROWS × w block of the output in registers:
 #
 #     for k in 0..K−1:  acc[i, :] += a[i, k] · panels[p, k, :]     (i < TILE_ROWS)
 #
 # one vector load of the panel's row, one broadcast of a[i, k] and one fused multiply-add per
-# output vector, each output written once at the end (50×157×512: 51 µs, 155 GFLOP/s). Each
-# element is its K terms summed in order, as one BLAS call sums them.
+# output vector, each output written once at the end (50×157×512: 48 µs, 165 GFLOP/s). Each
+# element is its K terms summed in order, k = 0, 1, …, K−1.
 #
 # The micro-kernel is LLVM IR written through a Numba intrinsic: its vectors are 64 bytes
 # (16 float32 or 8 float64), so a CPU with AVX-512 uses all of its width (LLVM's own loop
@@ -832,7 +832,7 @@ def matmul_blocked(a, b, out):
 # ----------------------------------------------------------------------------------------------
 
 #: Rows of the output one micro-kernel call computes (2·TILE_ROWS vector accumulators).
-TILE_ROWS = 6
+TILE_ROWS = 8
 
 
 def panel_width(dtype) -> int:
@@ -956,7 +956,7 @@ def _tile_kernel(rows):
     return tile
 
 
-_tile1, _tile2, _tile3, _tile4, _tile5, _tile6 = (_tile_kernel(rows) for rows in range(1, 7))
+_tile1, _tile2, _tile4, _tile8 = (_tile_kernel(rows) for rows in (1, 2, 4, TILE_ROWS))
 
 
 def pack_panels(b, panels):
@@ -1001,19 +1001,16 @@ def _gemm_packed_numba(a, panels, out):
             cols = min(width, n - col)
             row = 0
             while row + TILE_ROWS <= m:
-                _tile6(a, row, panels, p, out, col, cols)
+                _tile8(a, row, panels, p, out, col, cols)
                 row += TILE_ROWS
-            rest = m - row
-            if rest == 1:
-                _tile1(a, row, panels, p, out, col, cols)
-            elif rest == 2:
-                _tile2(a, row, panels, p, out, col, cols)
-            elif rest == 3:
-                _tile3(a, row, panels, p, out, col, cols)
-            elif rest == 4:
+            if m - row >= 4:  # the last m mod 8 rows: 4 + 2 + 1 at most
                 _tile4(a, row, panels, p, out, col, cols)
-            elif rest == 5:
-                _tile5(a, row, panels, p, out, col, cols)
+                row += 4
+            if m - row >= 2:
+                _tile2(a, row, panels, p, out, col, cols)
+                row += 2
+            if m - row == 1:
+                _tile1(a, row, panels, p, out, col, cols)
 
     return impl
 
