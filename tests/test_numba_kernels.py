@@ -1012,6 +1012,10 @@ def test_gemm_packed_against_numpy(dtype, transposed):
                 assert_close(out, a.astype(np.float64) @ b, dtype, what)
             out[...] = 0
             assert np.isnan(big).sum() == big.size - out.size, f"{what}: wrote outside out"
+        # An output whose rows are not contiguous (a transposed view) is refused.
+        panels = np.zeros(K.panel_shape(3, 4, dtype), dtype)
+        with pytest.raises(ValueError, match="contiguous rows"):
+            call(np.ones((5, 3), dtype), panels, np.zeros((4, 5), dtype).T)
 
 
 RULE_SCALARS = {"sgd": [0.05], "momentum": [0.05, 0.9], "nesterov": [0.05, 0.9],

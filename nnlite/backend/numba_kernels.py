@@ -813,8 +813,8 @@ def matmul_blocked(a, b, out):
 #
 # An LSTM walk multiplies a thin block of batch rows by the same weights at every step: θ,
 # (U+D+1) × 4U, forward, and Rᵀ, 4U × U, backward. BLAS repacks its operands into its own
-# layout on every call, and at such thin shapes that and its edge handling cost a third of the
-# product (50×157×512 on one core: 75 µs, 105 GFLOP/s). Here the weights are packed once per
+# layout on every call, and at such thin shapes it reaches 105 GFLOP/s on one core (50×157×512:
+# 75 µs), against ~180 for large products. Here the weights are packed once per
 # walk into panels of w columns (:func:`panel_width`: two 64-byte vectors),
 # ``panels[p, k, :] = B[k, p·w:(p+1)·w]`` (zeros past the last column), and a micro-kernel
 # computes each TILE_ROWS × w block of the output in registers:
@@ -852,9 +852,10 @@ def _tile_kernel(rows):
         tile(a, row, panels, p, out, col, cols)
         out[row + i, col + j] = Σ_k a[row + i, k] · panels[p, k, j]    i < rows, j < cols
 
-    ``a`` and ``out`` are 2-d views with any strides (whole numbers of elements); K is
-    ``panels.shape[1]`` (at least 1) and ``cols`` ≤ the panel's width (masked stores beyond
-    it). It reads and writes only those elements, and checks no bound: the caller does.
+    ``a`` is a 2-d view with any strides, ``out`` one whose rows are contiguous (each row's
+    vectors are stored whole); K is ``panels.shape[1]`` (at least 1) and ``cols`` ≤ the
+    panel's width (masked stores beyond it). It reads and writes only those elements, and
+    checks no bound: the caller does.
     """
 
     @numba.extending.intrinsic
@@ -900,7 +901,7 @@ def _tile_kernel(rows):
                                                                                    strides, 2)]
 
             a_row, a_col = elements(a_arr.strides)
-            o_row, o_col = elements(o_arr.strides)
+            o_row = elements(o_arr.strides)[0]
             k_v = cgutils.unpack_tuple(builder, p_arr.shape, 3)[1]
             a_rows = [builder.gep(a_arr.data, [builder.mul(builder.add(row_v, const(i)), a_row)])
                       for i in range(rows)]
@@ -918,7 +919,7 @@ def _tile_kernel(rows):
                                          limit) for j in range(2)]
             targets = [builder.bitcast(builder.gep(o_arr.data, [builder.add(
                 builder.mul(builder.add(row_v, const(i)), o_row),
-                builder.mul(builder.add(col_v, const(lanes * j)), o_col))]), vec.as_pointer())
+                builder.add(col_v, const(lanes * j)))]), vec.as_pointer())
                 for i in range(rows) for j in range(2)]
             zero = ir.Constant(vec, None)
             alignment = ir.Constant(i32, size)
@@ -978,11 +979,15 @@ def gemm_packed(a, panels, out):
     """``out = a · B``, where ``panels`` (a whole C-ordered array of :func:`panel_shape`, not a
     view into one) hold B (K, N) as :func:`pack_panels` wrote them.
 
-    Shapes: a (M, K), out (M, N): 2-d views (of C-ordered arrays, or transposed, or blocks of
-    columns), all of one dtype. Compiled, the micro-kernel runs over tiles of TILE_ROWS rows by
-    one panel (the last rows in smaller tiles, the last panel's missing columns masked); no
-    BLAS, no allocation.
+    Shapes: a (M, K), any 2-d view (a transposed one too); out (M, N), a 2-d view whose rows
+    are contiguous (a block of columns of a C-ordered matrix will do; a ValueError otherwise);
+    all of one dtype. Compiled, the micro-kernel runs over tiles of TILE_ROWS rows by one panel
+    (the last rows in smaller tiles, the last panel's missing columns masked); no BLAS, no
+    allocation.
     """
+    if out.shape[1] > 1 and out.strides[1] != out.itemsize:
+        raise ValueError("gemm_packed: expected `out` with contiguous rows, received strides "
+                         f"{out.strides}")
     count, k, width = panels.shape
     b = panels.transpose(1, 0, 2).reshape(k, count * width)
     out[...] = np.dot(a, b[:, :out.shape[1]])
@@ -993,6 +998,8 @@ def _gemm_packed_numba(a, panels, out):
     def impl(a, panels, out):
         m, n = out.shape
         width = panels.shape[2]
+        if n > 1 and out.strides[1] != out.itemsize:
+            raise ValueError("gemm_packed: expected `out` with contiguous rows")
         if panels.shape[1] == 0:  # an empty sum
             out[:, :] = 0
             return
