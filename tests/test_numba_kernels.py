@@ -908,6 +908,38 @@ def test_dense_stack_train(dtype):
         assert_close(got, want, dtype, "dense_stack_train, two row blocks")
 
 
+@pytest.mark.parametrize("batch", [7, K.PACKED_MAX_K, K.PACKED_MAX_K + 1],
+                         ids=["packed", "packed-largest", "blas"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_stack_step_forms_weight_gradients_packed_or_with_blas(dtype, batch):
+    """The compiled step packs dz for the weight gradients up to PACKED_MAX_K rows and calls
+    BLAS past it (its scratch then empty): loss, gradients and the layers' z and y against the
+    NumPy backend's step, for the compiled function and its plain Python form."""
+    plan = _stack_plan(dtype, batch, widths=((37, "relu", True), (11, "tanh", False)))
+    r = rng(13)
+    x = r.standard_normal((batch, 13)).astype(dtype)
+    labels = r.integers(0, 4, batch).astype(np.int64)
+    size = K.step_scratch_size(batch, plan.layout)
+    assert (size == 0) == (batch > K.PACKED_MAX_K)
+
+    def matrices(plan):  # the gradients, and z and y of every layer from `work`
+        views = [plan.grads.copy()]
+        for d_out, *offsets in plan.layout[:, [K.D_OUT, K.Z, K.Y]]:
+            views += [plan.work[at:at + batch * d_out].reshape(batch, d_out).copy()
+                      for at in offsets]
+        return views
+
+    loss, outputs = REF.dense_stack_step(x, labels, plan)
+    expected = [plan.grads.copy()] + [a.copy() for pair in outputs for a in pair]
+    for name, step in (("compiled", K.dense_stack_step), ("py_func", K.dense_stack_step.py_func)):
+        plan.grads[:], plan.work[:] = np.nan, np.nan
+        got = step(x, labels, plan.params, plan.grads, plan.work, plan.layout, plan.codes,
+                   np.full(size, np.nan, dtype))
+        assert got == pytest.approx(loss, rel=TOL[np.dtype(dtype)]), name
+        for k, (array, want) in enumerate(zip(matrices(plan), expected)):
+            assert_close(array, want, dtype, f"{name} batch {batch} array {k}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Wide stacks: GEMMs split by columns over Numba's threads (dense_stack_train_columns)
 # ----------------------------------------------------------------------------------------------

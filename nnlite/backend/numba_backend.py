@@ -204,8 +204,9 @@ class NumbaBackend(Backend):
             return super().dense_stack_step(x, target, plan)
         if target.ndim == 2:
             target = np.ascontiguousarray(target, dtype=x.dtype)
+        scratch = self._scratch((K.step_scratch_size(x.shape[0], plan.layout),), x.dtype)
         loss = K.dense_stack_step(x, target, plan.params, plan.grads, plan.work, plan.layout,
-                                  plan.codes)
+                                  plan.codes, scratch)
         return x.dtype.type(loss), plan.outputs
 
     def dense_stack_train(self, data, targets, order, plan, updates, losses, correct=None):
@@ -322,7 +323,7 @@ class NumbaBackend(Backend):
             codes = np.array([K.SOFTMAX], np.int64)
             for target in (np.zeros(2, np.int64), np.ones((2, 4), dt)):
                 K.dense_stack_step(x[:, :3], target, params, np.zeros(16, dt), work, layout,
-                                   codes)
+                                   codes, np.zeros(K.step_scratch_size(2, layout), dt))
                 # ... and the loop over steps (Adam; the SGD rules share its signature).
                 m, v = np.zeros(16, dt), np.zeros(16, dt)
                 grads = np.zeros(16, dt)

