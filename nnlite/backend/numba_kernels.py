@@ -368,7 +368,7 @@ def step_scratch_size(n, layout):
     its widest layer, packed (0 when the batch is too large to be packed)."""
     if n > PACKED_MAX_K:
         return 0
-    width = 128 // 4  # float32 panels, the wider in elements (float64's hold 16)
+    width = PANEL_BYTES // 4  # float32 panels: the most columns (float64's hold half)
     widest = 0
     for layer in range(layout.shape[0]):
         widest = max(widest, layout[layer, D_OUT])
@@ -379,7 +379,7 @@ def step_scratch_size(n, layout):
 def _panels(flat, k, n):
     """A whole-array view of ``flat`` with :func:`panel_shape` (k, n): panels for a (k, n)
     right factor."""
-    width = 128 // flat.itemsize
+    width = PANEL_BYTES // flat.itemsize
     count = (n + width - 1) // width
     return flat[:count * k * width].reshape(count, k, width)
 
@@ -874,11 +874,13 @@ def matmul_blocked(a, b, out):
 
 #: Rows of the output one micro-kernel call computes (2·TILE_ROWS vector accumulators).
 TILE_ROWS = 8
+#: Bytes of one row of a panel: two 64-byte vectors (32 float32 or 16 float64 columns).
+PANEL_BYTES = 128
 
 
 def panel_width(dtype) -> int:
-    """Columns of a panel: two 64-byte vectors (32 float32 or 16 float64)."""
-    return 128 // np.dtype(dtype).itemsize
+    """Columns of a panel: PANEL_BYTES of ``dtype`` (32 float32 or 16 float64)."""
+    return PANEL_BYTES // np.dtype(dtype).itemsize
 
 
 def panel_shape(k: int, n: int, dtype) -> tuple:
@@ -920,7 +922,7 @@ def _tile_kernel(rows):
                 for i in (1, 3, 5, 6))
             scalar = context.get_value_type(signature.args[0].dtype)
             size = context.get_abi_sizeof(scalar)
-            lanes = 64 // size
+            lanes = PANEL_BYTES // 2 // size  # a vector: half a panel's row
             vec = ir.VectorType(scalar, lanes)
             i32, i64 = ir.IntType(32), ir.IntType(64)
             mask_type = ir.VectorType(ir.IntType(1), lanes)
