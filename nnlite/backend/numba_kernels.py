@@ -855,10 +855,11 @@ def matmul_blocked(a, b, out):
 # An LSTM walk multiplies a thin block of batch rows by the same weights at every step: θ,
 # (U+D+1) × 4U, forward, and Rᵀ, 4U × U, backward. BLAS repacks its operands into its own
 # layout on every call, and at such thin shapes it reaches 105 GFLOP/s on one core (50×157×512:
-# 75 µs), against ~180 for large products. Here the weights are packed once per
-# walk into panels of w columns (:func:`panel_width`: two 64-byte vectors),
+# 75 µs), against ~180 for large products. Here the weights are packed once per walk into
+# panels of w columns (:func:`panel_width`: two 64-byte vectors),
 # ``panels[p, k, :] = B[k, p·w:(p+1)·w]`` (zeros past the last column), and a micro-kernel
-# computes each TILE_ROWS × w block of the output in registers:
+# computes each TILE_ROWS × w block of the output in registers (the compiled Dense step also
+# uses it for its weight gradients, packing dz, whose few rows keep each panel in L1):
 #
 #     for k in 0..K−1:  acc[i, :] += a[i, k] · panels[p, k, :]     (i < TILE_ROWS)
 #
