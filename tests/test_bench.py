@@ -109,6 +109,14 @@ def test_training_part_checks_backends_and_summarises(quick_run):
     assert any(t["target"].startswith("peak RSS") for t in targets)
     table = (out / "training.md").read_text(encoding="utf-8")
     assert "| target |" in table and "W6 LSTM" in table
+    # "% peak" divides by the larger of the kernels part's peak and one measured after the runs.
+    before = next(r for r in read_jsonl(out / "kernels.jsonl")
+                  if r["kind"] == "peak" and "device" not in r)
+    after = [r for r in recs if r["kind"] == "peak" and r.get("when") == "after training"]
+    assert len(after) == 1 and after[0]["gflops"] > 0
+    used = max(before["gflops"], after[0]["gflops"])
+    assert rows and all(r["peak_gflops"] == used for r in rows)
+    assert f"of {used:.0f} GFLOP/s" in table
 
 
 def test_scaling_part_covers_both_axes(quick_run):
