@@ -908,12 +908,14 @@ def test_dense_stack_train(dtype):
         assert_close(got, want, dtype, "dense_stack_train, two row blocks")
 
 
-@pytest.mark.parametrize("batch", [7, K.PACKED_MAX_K, K.PACKED_MAX_K + 1],
-                         ids=["packed", "packed-largest", "blas"])
+@pytest.mark.parametrize("batch", [7, K.PACKED_MIN_ROWS, K.PACKED_MAX_K, K.PACKED_MAX_K + 1],
+                         ids=["packed-dW", "packed-kernels", "packed-largest", "blas"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_stack_step_forms_weight_gradients_packed_or_with_blas(dtype, batch):
-    """The compiled step packs dz for the weight gradients up to PACKED_MAX_K rows and calls
-    BLAS past it (its scratch then empty): loss, gradients and the layers' z and y against the
+def test_dense_stack_step_packs_or_calls_blas(dtype, batch):
+    """The compiled step packs dz for the weight gradients up to PACKED_MAX_K rows, and from
+    PACKED_MIN_ROWS rows also the kernels of layers a panel wide or wider for the forward
+    (here the 37-unit layer; the 11- and 4-unit ones stay on BLAS), and calls BLAS past
+    PACKED_MAX_K (its scratch then empty): loss, gradients and the layers' z and y against the
     NumPy backend's step, for the compiled function and its plain Python form."""
     plan = _stack_plan(dtype, batch, widths=((37, "relu", True), (11, "tanh", False)))
     r = rng(13)
