@@ -908,6 +908,34 @@ def test_dense_stack_train(dtype):
         assert_close(got, want, dtype, "dense_stack_train, two row blocks")
 
 
+@pytest.mark.parametrize("batch", [2 * K.PACKED_MIN_ROWS - 1, 2 * K.PACKED_MAX_K + 1],
+                         ids=["31-32", "256-257"])
+def test_dense_stack_train_row_blocks_across_the_packing_thresholds(batch):
+    """Two row blocks a row apart on both sides of a threshold (one packs, one does not): each
+    gets the scratch it needs, and the step is the one-block step's."""
+    from nnlite.backend import numba_backend
+
+    dtype = np.float64
+    r = rng(14)
+    data = r.standard_normal((batch, 13)).astype(dtype)
+    labels = r.integers(0, 4, batch).astype(np.int64)
+    plan = _stack_plan(dtype, batch, widths=((37, "relu", True),))
+    start = plan.params.copy()
+    results = []
+    for blocks, kernel in ((1, K.dense_stack_train.serial), (2, K.dense_stack_train.parallel)):
+        plan.params[:] = start
+        m, v = np.zeros_like(start), np.zeros_like(start)
+        losses = np.full(1, np.nan, dtype)
+        layouts, part_grads = numba_backend._row_blocks(plan, blocks)
+        assert kernel(data, labels, np.arange(batch), plan.x, np.empty(batch, np.int64),
+                      plan.params, plan.grads, plan.work, layouts, plan.codes, K.ADAM, m, v,
+                      np.array([[0.01, 0.1, 0.001, 1e-7]], dtype), np.finfo(dtype).tiny,
+                      losses, part_grads, np.empty(0, np.int64)) == 1
+        results.append((losses.copy(), plan.params.copy()))
+    for got, want in zip(*results):
+        assert_close(got, want, dtype, f"batch {batch} in two blocks")
+
+
 @pytest.mark.parametrize("batch", [7, K.PACKED_MIN_ROWS, K.PACKED_MAX_K, K.PACKED_MAX_K + 1],
                          ids=["packed-dW", "packed-kernels", "packed-largest", "blas"])
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -523,8 +523,11 @@ def dense_stack_train(data, targets, order, xb, tb, params, grads, work, layouts
     part_loss = np.zeros(parts)
     part_correct = np.zeros(parts, np.int64)
     last = layouts.shape[1] - 1
-    scratch = np.empty((parts, step_scratch_size((batch + parts - 1) // parts, layouts[0])),
-                       params.dtype)
+    scratch_size = 0  # the largest block's (blocks differ by a row, maybe across a threshold)
+    for h in range(parts):
+        rows = (h + 1) * batch // parts - h * batch // parts
+        scratch_size = max(scratch_size, step_scratch_size(rows, layouts[0]))
+    scratch = np.empty((parts, scratch_size), params.dtype)
     for s in range(losses.size):
         index = order[s * batch:(s + 1) * batch]
         for h in prange(parts):
