@@ -360,10 +360,10 @@ def _matrix(flat, offset, rows, cols):
 #: and uses :func:`gemm_packed`: a panel is then at most 32 KB and stays in L1 while every
 #: row tile of dW reads it; past that BLAS's own blocking of K does better.
 PACKED_MAX_K = 256
-#: Fewest batch rows for which the compiled step also packs a layer's kernel for its forward
-#: GEMM, when the layer has at least a panel's width of units: packing d_in × d_out elements
-#: pays off over this many rows of the product (measured at 784×50 on one core: 32 rows 25
-#: against BLAS's 31 µs, 16 rows 17 against 13).
+#: Fewest batch rows (up to PACKED_MAX_K) for which the compiled step also packs a layer's
+#: kernel for its forward GEMM, when the layer is at least a panel wide: packing d_in × d_out
+#: elements pays off over this many rows of the product (measured at 784×50 on one core: 32
+#: rows 25 against BLAS's 31 µs, 16 rows 17 against 13).
 PACKED_MIN_ROWS = 32
 
 
@@ -399,7 +399,7 @@ def dense_stack_step(x, target, params, grads, work, layout, codes, scratch):
     Shapes:
         x: (N, D_in of layer 0), C-ordered   target: (N,) labels or (N, C) one-hot
         params, grads, work: flat vectors    layout: (L, 8) int64 offsets   codes: (L,) int64
-        scratch: flat, at least :func:`step_scratch_size` (N, widest D_out) elements
+        scratch: flat, at least ``step_scratch_size(N, layout)`` elements
     Math (a₀ = x, layers l = 1 … L, f_L = softmax or linear; the loss reads z_L as logits):
         forward   z_l = a_{l−1} · W_l + b_l      a_l = f_l(z_l)
         loss      (1/N) Σ_n Σ_c t[n, c] (logsumexp(z_L[n]) − z_L[n, c])   (t: one-hot labels)
@@ -878,8 +878,9 @@ def matmul_blocked(a, b, out):
 # 75 µs), against ~180 for large products. Here the weights are packed once per walk into
 # panels of w columns (:func:`panel_width`: two 64-byte vectors),
 # ``panels[p, k, :] = B[k, p·w:(p+1)·w]`` (zeros past the last column), and a micro-kernel
-# computes each TILE_ROWS × w block of the output in registers (the compiled Dense step also
-# uses it for its weight gradients, packing dz, whose few rows keep each panel in L1):
+# computes each TILE_ROWS × w block of the output in registers (the compiled Dense step uses
+# it too, for batches of at most PACKED_MAX_K rows: its weight gradients on dz packed, and
+# from PACKED_MIN_ROWS rows its forward GEMMs on each kernel packed at the step):
 #
 #     for k in 0..K−1:  acc[i, :] += a[i, k] · panels[p, k, :]     (i < TILE_ROWS)
 #
