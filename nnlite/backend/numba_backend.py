@@ -412,15 +412,8 @@ class NumbaBackend(Backend):
         if codes is None:
             return super().lstm_forward_sequence(xh, theta, gates, c, h, act_c, hz, activation,
                                                  recurrent_activation)
-        # The rows of a batch never mix in the recurrence: each thread walks all T steps for
-        # its row block (its own small GEMMs, its own cells), on theta packed once.
-        panels = self._packed(theta)
-        blocks = _block_bounds(gates.shape[1])
-        if blocks is None:
-            K.lstm_forward_sequence(xh, panels, gates, c, h, act_c, hz, *codes, 0,
-                                    gates.shape[1])
-        else:
-            K.lstm_forward_blocks(xh, panels, gates, c, h, act_c, hz, *codes, blocks)
+        _walk(K.lstm_forward_sequence, K.lstm_forward_blocks, gates.shape[1],
+              xh, self._packed(theta), gates, c, h, act_c, hz, *codes)
 
     def lstm_backward_sequence(self, dy, gates, recurrent_kernel, c, act_c, dh, dc, dz,
                                activation, recurrent_activation):
@@ -430,18 +423,26 @@ class NumbaBackend(Backend):
         if codes is None:
             return super().lstm_backward_sequence(dy, gates, recurrent_kernel, c, act_c, dh, dc,
                                                   dz, activation, recurrent_activation)
-        args = (dy, gates, self._packed(recurrent_kernel.T), c, act_c, dh, dc, dz, *codes)
-        blocks = _block_bounds(gates.shape[1])
-        if blocks is None:
-            K.lstm_backward_sequence(*args, 0, gates.shape[1])
-        else:
-            K.lstm_backward_blocks(*args, blocks)
+        _walk(K.lstm_backward_sequence, K.lstm_backward_blocks, gates.shape[1],
+              dy, gates, self._packed(recurrent_kernel.T), c, act_c, dh, dc, dz, *codes)
 
     def _packed(self, b):
         """``b`` (K, N) packed for :func:`numba_kernels.gemm_packed`, in reused scratch."""
         panels = self._scratch(K.panel_shape(*b.shape, b.dtype), b.dtype)
         K.pack_panels(b, panels)
         return panels
+
+
+def _walk(serial, blocked, n, *args):
+    """An LSTM walk over the n batch rows: the rows never mix in the recurrence, so each
+    Numba thread walks all T steps for its row block (its own small GEMMs on the weights packed
+    once, its own cells) through ``blocked(*args, bounds)``; ``serial(*args, 0, n)`` when the
+    batch is one block."""
+    blocks = _block_bounds(n)
+    if blocks is None:
+        serial(*args, 0, n)
+    else:
+        blocked(*args, blocks)
 
 
 def _block_count(n, min_rows=None):
