@@ -191,13 +191,20 @@ def softmax_cross_entropy(logits, target):
         p = softmax(z)      loss = −(1/N) Σ_n Σ_c t[n, c] · log p[n, c]
         dlogits = (p − t) / N
 
-    The log-probabilities come from :func:`log_softmax` (max subtracted), so logits of ±1e4 give
-    a finite loss and gradient; the softmax Jacobian is never formed.
+    Stable: the row maximum is subtracted before the exponentials, so logits of ±1e4 give a
+    finite loss and gradient; the softmax Jacobian is never formed. The exponentials are taken
+    in the logits' dtype, their row sums and everything after them in float64, as the Numba
+    kernel does (:func:`nnlite.backend.numba_kernels.softmax_xent_sparse`): for a saturated row
+    (the true class's p within an ulp of 1) ``p − 1`` in float32 would be mostly rounding error,
+    which Adam's normalised step then magnifies, while in float64 it keeps its float32 digits.
     """
     xp = get_array_module(logits)
     n = logits.shape[0]
-    logp = log_softmax(logits)
-    p = xp.exp(logp)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = xp.exp(shifted)
+    s = e.sum(axis=-1, keepdims=True, dtype=xp.float64)
+    logp = shifted - xp.log(s)  # float64
+    p = e / s
     if target.ndim == logits.ndim:
         loss = -(target * logp).sum() / n
         p -= target
@@ -206,7 +213,7 @@ def softmax_cross_entropy(logits, target):
         loss = -logp[rows, target].sum() / n
         p[rows, target] -= 1
     p /= n
-    return loss, p
+    return loss.astype(logits.dtype), p.astype(logits.dtype)
 
 
 def mean_squared_error(y_pred, y_true):

@@ -303,6 +303,33 @@ def test_softmax_cross_entropy_extreme_logits_finite(backend, dtype):
     np.testing.assert_allclose(dz, [[0.5, -0.5, 0.0], [0.0, 0.0, 0.0]], atol=1e-7)
 
 
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "onehot"])
+def test_softmax_cross_entropy_saturated_rows_keep_float32_digits(backend, sparse):
+    """A saturated float32 row (the true class's p within an ulp of 1): p − 1 is still right to
+    float32 precision (computed as p − 1 in float32 it would be 0 or one ulp of 1, i.e. wrong
+    by up to 100%; Adam's normalised step would make that a whole step). Both the functional
+    form and the backend's fused kernel."""
+    from nnlite.backend import get_backend
+
+    z64 = np.array([[20.0, 0.0, 0.0], [3.0, 21.5, -4.0], [18.0, 1.0, 17.0]])
+    labels = np.array([0, 1, 0])
+    onehot = np.eye(3)[labels]
+    p = np.exp(z64 - z64.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    exact = p - onehot
+    # the true class's p − 1 without cancellation: −(Σ of the other classes' p)
+    exact[np.arange(3), labels] = -(p.sum(axis=1) - p[np.arange(3), labels])
+    exact /= 3
+    z = z64.astype(np.float32)
+    target = labels if sparse else onehot.astype(np.float32)
+    for name, fn in (("functional", F.softmax_cross_entropy),
+                     ("backend", get_backend().softmax_cross_entropy)):
+        _, dz = fn(_to(backend, z), _to(backend, target))
+        dz = _np(backend, dz)
+        assert dz.dtype == np.float32
+        np.testing.assert_allclose(dz, exact, rtol=1e-6, atol=1e-12, err_msg=name)
+
+
 def test_mean_squared_error_value_and_gradient(backend):
     y_pred = np.array([[1.0, 2.0], [3.0, 4.0]])
     y_true = np.array([[0.0, 2.0], [5.0, 1.0]])
