@@ -73,9 +73,17 @@ def test_kernels_part_checks_every_result(quick_run):
     gemms = [r for r in recs if r["kind"] == "gemm"]
     impls = {r["impl"] for r in gemms}
     assert "blas" in impls and ("numba-blocked" in impls) == HAS_NUMBA
-    # The LSTM walks' kernel, at the shapes they run it (W6's step and dh products) only.
-    packed = {r["label"].split(" ", 1)[1] for r in gemms if r["impl"] == "numba-packed"}
-    assert packed == ({"LSTM step xh·θ", "LSTM dh dz·Rᵀ"} if HAS_NUMBA else set())
+    # The packed kernel, at the shapes the engine runs it only: W6's step and dh products, and
+    # the Dense forward products of at most 256 rows into at least 32 columns.
+    packed = {r["label"] for r in gemms if r["impl"] == "numba-packed"}
+    if HAS_NUMBA:
+        lstm = {r["label"] for r in gemms if "LSTM step" in r["label"] or "LSTM dh" in r["label"]}
+        dense = {r["label"] for r in gemms if "fwd x·W" in r["label"] and r["m"] <= 256
+                 and r["n"] >= 32}
+        assert {label.split(" ", 1)[1] for label in lstm} == {"LSTM step xh·θ", "LSTM dh dz·Rᵀ"}
+        assert dense and packed == lstm | dense
+    else:
+        assert packed == set()
     assert any(r["label"].startswith("square") for r in gemms)
     assert all(r["ok"] and r["gflops"] > 0 and r["fraction_of_peak"] > 0 for r in gemms)
     fused = [r for r in recs if r["kind"] == "fused"]

@@ -1042,6 +1042,14 @@ def test_pack_panels(dtype, transposed):
             panels = np.full(K.panel_shape(k, n, dtype), np.nan, dtype)
             assert pack(b, panels) is None
             np.testing.assert_array_equal(panels, expected, err_msg=f"{name} {k}x{n}")
+        # pack_rows repacks rows r0 … r1 − 1 only (what the column-split loop's update does)
+        if k >= 3:
+            for name, pack in (("py_func", K.pack_rows.py_func), ("compiled", K.pack_rows)):
+                panels = np.full(K.panel_shape(k, n, dtype), np.nan, dtype)
+                assert pack(b, panels, 1, k - 1) is None
+                np.testing.assert_array_equal(panels[:, 1:k - 1], expected[:, 1:k - 1],
+                                              err_msg=f"{name} {k}x{n} rows")
+                assert np.isnan(panels[:, [0, k - 1]]).all(), f"{name}: wrote other rows"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -1087,21 +1095,25 @@ RULE_SCALARS = {"sgd": [0.05], "momentum": [0.05, 0.9], "nesterov": [0.05, 0.9],
 @pytest.mark.parametrize("onehot", [False, True], ids=["labels", "onehot"])
 @pytest.mark.parametrize("rule", sorted(RULE_SCALARS))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_stack_train_columns(dtype, rule, onehot):
-    """Three steps of batch 70 on 1, 2 and 3 threads (at these sizes at most two blocks of
+@pytest.mark.parametrize("batch", [70, K.PACKED_MAX_K + 4])
+def test_dense_stack_train_columns(batch, dtype, rule, onehot):
+    """Three steps of a batch on 1, 2 and 3 threads (at these sizes at most two blocks of
     columns or rows each, some uneven: the third thread finds nothing to split) against the
     NumPy backend's loop: losses, parameters, optimizer state, gradients, the layers' z, y,
-    dz and dx, and the right predictions."""
+    dz and dx, and the right predictions. At 70 rows the wide layers' forward GEMMs run on
+    their packed kernels, whose scratch starts as NaN: the loop must pack every kernel it
+    multiplies by, and repack it after each update; past PACKED_MAX_K rows they run in BLAS."""
     from nnlite.backend import numba_backend
 
     r = rng(21)
-    data = r.standard_normal((100, 13)).astype(dtype)
-    labels = r.integers(0, 4, 100).astype(np.int64)
+    data = r.standard_normal((batch + 30, 13)).astype(dtype)
+    labels = r.integers(0, 4, batch + 30).astype(np.int64)
     targets = np.eye(4, dtype=dtype)[labels] if onehot else labels
-    order = np.stack([r.permutation(100)[:70] for _ in range(3)]).ravel().astype(np.int64)
+    order = np.stack([r.permutation(batch + 30)[:batch] for _ in range(3)]).ravel()
+    order = order.astype(np.int64)
     # 13 -> 130 relu -> 129 tanh (no bias) -> 4 softmax: two layers wide enough to split
     # (MIN_COLUMNS = 64: blocks of 65/65 and 64/65 columns), one that is not.
-    plan = _stack_plan(dtype, 70, ((130, "relu", True), (129, "tanh", False)), seed=7)
+    plan = _stack_plan(dtype, batch, ((130, "relu", True), (129, "tanh", False)), seed=7)
     scalars = np.array([RULE_SCALARS[rule]] * 3, dtype)
     start = plan.params.copy()
     states = 2 if rule == "adam" else (0 if rule == "sgd" else 1)
@@ -1123,16 +1135,17 @@ def test_dense_stack_train_columns(dtype, rule, onehot):
     # are checked against the compiled one-thread loop instead.
     layouts, part_grads = numba_backend._row_blocks(plan, 1)
     expected[-2][:] = run(lambda state, losses, correct: K.dense_stack_train.serial(
-        data, targets, order, plan.x, np.empty((70,) + targets.shape[1:], targets.dtype),
+        data, targets, order, plan.x, np.empty((batch,) + targets.shape[1:], targets.dtype),
         plan.params, plan.grads, plan.work, layouts, plan.codes, K.RULES[rule],
         *(list(state) + [none, none])[:2], scalars, np.finfo(dtype).tiny, losses, part_grads,
         correct))[-2]
     for threads in (1, 2, 3):
         got = run(lambda state, losses, correct: K.dense_stack_train_columns(
-            data, targets, order, plan.x, np.empty((70,) + targets.shape[1:], targets.dtype),
+            data, targets, order, plan.x, np.empty((batch,) + targets.shape[1:], targets.dtype),
             plan.params, plan.grads, plan.work, plan.layout, plan.codes, K.RULES[rule],
             *(list(state) + [none, none])[:2], scalars, np.finfo(dtype).tiny, losses, correct,
-            threads))
+            threads, np.full(K.columns_panels_size(batch, plan.layout, plan.params.itemsize),
+                             np.nan, dtype)))
         names = ["losses", "params", *(f"state{i}" for i in range(states)), "grads", "work",
                  "correct"]
         for name, g, w in zip(names, got, expected):
@@ -1153,7 +1166,7 @@ def test_numba_fit_splits_wide_stacks_by_columns_unless_blas_is_single_threaded(
     column_loop = K.dense_stack_train_columns
 
     def record(*args):
-        calls.append((config.blas_single_threaded(), args[-1]))
+        calls.append((config.blas_single_threaded(), args[-2]))  # (…, threads, panels)
         return column_loop(*args)
 
     monkeypatch.setattr(K, "dense_stack_train_columns", record)

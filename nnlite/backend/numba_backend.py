@@ -14,7 +14,8 @@ It overrides only what it speeds up (see :mod:`nnlite.backend.numba_kernels` for
   compiled loop (for a wide stack, its GEMMs split by columns over Numba's threads);
 - the LSTM cell, and each walk through time as one compiled loop, its per-step GEMMs on
   weights packed once per walk (:func:`numba_kernels.gemm_packed`: BLAS repacks them at every
-  step, and at such thin shapes took 75 µs where this takes 48).
+  step, and at such thin shapes took 75 µs where this takes 48); the Dense loops use the same
+  kernel for batches of at most 256 rows.
 
 Other GEMMs stay in BLAS unless ``gemm="blocked"`` selects the hand-written blocked kernel (for
 the kernel benchmark and for teaching). While ``fit`` holds BLAS to one thread (small steps), work
@@ -136,9 +137,9 @@ class NumbaBackend(Backend):
         return out
 
     def _scratch(self, shape, dtype):
-        """Scratch (a split GEMM's partial products, an LSTM walk's packed weights) reused from
-        step to step (at most MAX_SCRATCH shapes kept), one set per Python thread so that two
-        never share one."""
+        """Scratch (a split GEMM's partial products, an LSTM walk's packed weights, a wide
+        stack's packed kernels) reused from step to step (at most MAX_SCRATCH shapes kept), one
+        set per Python thread so that two never share one."""
         cache = getattr(self._local, "scratch", None)
         if cache is None:
             cache = self._local.scratch = {}
@@ -219,7 +220,8 @@ class NumbaBackend(Backend):
           one thread: each GEMM split by columns, the element-wise work by rows, and the
           update on all threads (beside BLAS's threads it ran on one core). The same sums in
           the same order; a narrow block's GEMM may round differently from BLAS's whole one.
-          W3 (784-1024-1024-10, batch 128): 7.1-7.4 → 6.4-6.7 ms a step.
+          W3 (784-1024-1024-10, batch 128): 7.1-7.4 → 6.4-6.7 ms a step; then its forward
+          GEMMs on kernels kept packed (in ``_scratch``): 2.71-2.84 → 2.57-2.76 s an epoch.
         - Otherwise :func:`numba_kernels.dense_stack_train`; while BLAS runs on one thread
           (fit's policy for small steps), a batch of at least 2 × MIN_BLOCK_ROWS rows is split
           into row blocks, one per Numba thread, each with its own forward, backward and
@@ -239,11 +241,13 @@ class NumbaBackend(Backend):
         correct = np.empty(0, np.int64) if correct is None else correct
         threads = _column_threads(plan)
         if threads > 1:
+            size = K.columns_panels_size(batch, plan.layout, plan.params.itemsize)
+            panels = self._scratch((size,), plan.params.dtype)
             with config.one_blas_thread():
                 return K.dense_stack_train_columns(
                     data, targets, order, plan.x, target_buffer, plan.params, plan.grads,
                     plan.work, plan.layout, plan.codes, K.RULES[rule], state1, state2, scalars,
-                    _tiny(plan.params), losses, correct, threads)
+                    _tiny(plan.params), losses, correct, threads, panels)
         layouts, part_grads = _row_blocks(plan, _block_count(batch))
         kernel = K.dense_stack_train.serial if len(layouts) == 1 else K.dense_stack_train.parallel
         return kernel(data, targets, order, plan.x, target_buffer, plan.params, plan.grads,
@@ -335,7 +339,9 @@ class NumbaBackend(Backend):
                 K.dense_stack_train_columns(x, target, np.arange(2), x.copy(), target.copy(),
                                             params, grads, work, layout, codes, K.ADAM, m, v,
                                             np.zeros((1, 4), dt), one, np.zeros(1, dt),
-                                            np.zeros(1, np.int64), 1)
+                                            np.zeros(1, np.int64), 1,
+                                            np.zeros(K.columns_panels_size(2, layout, dt.itemsize),
+                                                     dt))
             # The LSTM cell with Keras's default activations (tanh, sigmoid).
             tanh, sigmoid = activations.get("tanh"), activations.get("sigmoid")
             hz, c_prev = np.zeros((2, 8), dt), np.zeros((2, 2), dt)

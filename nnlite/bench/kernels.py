@@ -6,11 +6,12 @@ operands passed as the engine passes them: ``xᵀ`` and ``Wᵀ`` are views) and 
     GFLOP/s = 2·M·K·N / seconds / 1e9          fraction of peak = GFLOP/s / peak
     peak    = the best float32 BLAS GEMM GFLOP/s at 2048³ and 4096³ with all threads
 
-BLAS and the blocked kernel run on all threads. At the LSTM's per-step shapes the table also
-times ``numba-packed``, the kernel the Numba backend's walks use
-(:func:`nnlite.backend.numba_kernels.gemm_packed`): one call on one thread, its right factor
-packed beforehand (the walks pack the weights once for all T steps), so against BLAS's column
-it compares one core with all of them.
+BLAS and the blocked kernel run on all threads. Where the Numba backend multiplies on its
+packed kernel (:func:`nnlite.backend.numba_kernels.gemm_packed`, see :func:`packed_shape`), the
+table also times ``numba-packed``: one call on one thread, its right factor packed beforehand
+(the LSTM walks pack their weights once for all T steps, the column-split Dense loop keeps its
+kernels packed; the one-thread Dense step packs each kernel at each step, which this leaves
+out), so against BLAS's column it compares one core with all of them.
 
 Each result is checked once against a float64 product (norm-wise relative error).
 
@@ -152,7 +153,7 @@ def run_gemms(shapes, peak: dict, quick: bool, gpu: tuple[bool, str], gpu_peak=N
         impls = [("blas", lambda a, b, out: np.matmul(a, b, out=out), None)]
         if blocked is not None:
             impls.append(("numba-blocked", lambda a, b, out: blocked.matmul(a, b, out=out), None))
-        if packed is not None and ("LSTM step" in label or "LSTM dh" in label):
+        if packed is not None and packed_shape(label, m, n):
             impls.append(("numba-packed", packed(b), None))
         for impl, fn, _ in impls:
             out = np.empty((m, n), np.float32)
@@ -175,6 +176,17 @@ def run_gemms(shapes, peak: dict, quick: bool, gpu: tuple[bool, str], gpu_peak=N
             rec["device"] = gpu[1]
             records.append(rec)
     return records
+
+
+def packed_shape(label: str, m: int, n: int) -> bool:
+    """Whether the Numba backend runs this GEMM on its packed kernel: an LSTM walk's step and
+    dh products, and a Dense forward x·W of at most ``PACKED_MAX_K`` batch rows into at least
+    a panel's columns (float32: 32)."""
+    from nnlite.backend import numba_kernels as K
+
+    if "LSTM step" in label or "LSTM dh" in label:
+        return True
+    return "fwd x·W" in label and m <= K.PACKED_MAX_K and n >= K.panel_width(np.float32)
 
 
 def _packed_gemm():
