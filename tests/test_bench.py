@@ -74,11 +74,11 @@ def test_kernels_part_checks_every_result(quick_run):
     impls = {r["impl"] for r in gemms}
     assert "blas" in impls and ("numba-blocked" in impls) == HAS_NUMBA
     # The packed kernel, at the shapes the engine runs it only: W6's step and dh products, and
-    # the Dense forward products of at most 256 rows into at least 32 columns.
+    # the Dense forward products of 32 to 256 rows into at least 32 columns.
     packed = {r["label"] for r in gemms if r["impl"] == "numba-packed"}
     if HAS_NUMBA:
         lstm = {r["label"] for r in gemms if "LSTM step" in r["label"] or "LSTM dh" in r["label"]}
-        dense = {r["label"] for r in gemms if "fwd x·W" in r["label"] and r["m"] <= 256
+        dense = {r["label"] for r in gemms if "fwd x·W" in r["label"] and 32 <= r["m"] <= 256
                  and r["n"] >= 32}
         assert {label.split(" ", 1)[1] for label in lstm} == {"LSTM step xh·θ", "LSTM dh dz·Rᵀ"}
         assert dense and packed == lstm | dense

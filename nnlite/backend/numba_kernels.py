@@ -590,9 +590,10 @@ def _update(rule, params, grads, state1, state2, k, tiny, lo, hi):
 # the rows it has just differentiated. For batches of at most PACKED_MAX_K rows the forward
 # GEMMs run on the packed kernel instead (below), on copies of the kernels packed once per call
 # and kept current by the update. Each element is summed in the same order as in the one-thread
-# step, which also multiplies such batches by packed kernels (from PACKED_MIN_ROWS rows); only
-# BLAS may round a narrow block differently from the whole product (at W3's shapes the results
-# are the same bits).
+# step, which multiplies batches of PACKED_MIN_ROWS to PACKED_MAX_K rows by packed kernels too;
+# only BLAS may round a narrow block differently from the whole product (at W3's shapes the
+# results are the same bits), and under PACKED_MIN_ROWS rows the forward products round apart
+# (packed here, BLAS there).
 # ----------------------------------------------------------------------------------------------
 
 #: Fewest columns (of a GEMM's output or of its kernel's rows) a thread takes, and fewest batch

@@ -180,13 +180,15 @@ def run_gemms(shapes, peak: dict, quick: bool, gpu: tuple[bool, str], gpu_peak=N
 
 def packed_shape(label: str, m: int, n: int) -> bool:
     """Whether the Numba backend runs this GEMM on its packed kernel: an LSTM walk's step and
-    dh products, and a Dense forward x·W of at most ``PACKED_MAX_K`` batch rows into at least
-    a panel's columns (float32: 32)."""
+    dh products, and a Dense forward x·W of ``PACKED_MIN_ROWS`` to ``PACKED_MAX_K`` batch rows
+    into at least a panel's columns (float32: 32). (The column-split loop of a wide stack
+    also packs for fewer rows; no workload has such a batch.)"""
     from nnlite.backend import numba_kernels as K
 
     if "LSTM step" in label or "LSTM dh" in label:
         return True
-    return "fwd x·W" in label and m <= K.PACKED_MAX_K and n >= K.panel_width(np.float32)
+    return ("fwd x·W" in label and K.PACKED_MIN_ROWS <= m <= K.PACKED_MAX_K
+            and n >= K.panel_width(np.float32))
 
 
 def _packed_gemm():
