@@ -1092,11 +1092,23 @@ RULE_SCALARS = {"sgd": [0.05], "momentum": [0.05, 0.9], "nesterov": [0.05, 0.9],
                 "adam": [0.01, 0.1, 0.001, 1e-7]}
 
 
-@pytest.mark.parametrize("onehot", [False, True], ids=["labels", "onehot"])
-@pytest.mark.parametrize("rule", sorted(RULE_SCALARS))
+# 13 -> 130 -> 129 (no bias) -> 4 softmax: two layers wide enough to split (MIN_COLUMNS = 64:
+# blocks of 65/65 and 64/65 columns), one that is not. Every rule and label form on one stack;
+# every other activation (a hidden softmax and a linear layer, whose y is its z, included)
+# with one of each.
+COLUMN_STACKS = {"relu-tanh": ("relu", "tanh"), "sigmoid-linear": ("sigmoid", "linear"),
+                 "softmax-relu": ("softmax", "relu")}
+COLUMN_CASES = ([("relu-tanh", rule, onehot) for rule in sorted(RULE_SCALARS)
+                 for onehot in (False, True)]
+                + [("sigmoid-linear", "adam", False), ("softmax-relu", "momentum", True)])
+
+
+@pytest.mark.parametrize("stack, rule, onehot", COLUMN_CASES,
+                         ids=[f"{s}-{r}-{'onehot' if o else 'labels'}"
+                              for s, r, o in COLUMN_CASES])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [70, K.PACKED_MAX_K + 4])
-def test_dense_stack_train_columns(batch, dtype, rule, onehot):
+def test_dense_stack_train_columns(stack, batch, dtype, rule, onehot):
     """Three steps of a batch on 1, 2 and 3 threads (at these sizes at most two blocks of
     columns or rows each, some uneven: the third thread finds nothing to split) against the
     NumPy backend's loop: losses, parameters, optimizer state, gradients, the layers' z, y,
@@ -1111,9 +1123,8 @@ def test_dense_stack_train_columns(batch, dtype, rule, onehot):
     targets = np.eye(4, dtype=dtype)[labels] if onehot else labels
     order = np.stack([r.permutation(batch + 30)[:batch] for _ in range(3)]).ravel()
     order = order.astype(np.int64)
-    # 13 -> 130 relu -> 129 tanh (no bias) -> 4 softmax: two layers wide enough to split
-    # (MIN_COLUMNS = 64: blocks of 65/65 and 64/65 columns), one that is not.
-    plan = _stack_plan(dtype, batch, ((130, "relu", True), (129, "tanh", False)), seed=7)
+    first, second = COLUMN_STACKS[stack]
+    plan = _stack_plan(dtype, batch, ((130, first, True), (129, second, False)), seed=7)
     scalars = np.array([RULE_SCALARS[rule]] * 3, dtype)
     start = plan.params.copy()
     states = 2 if rule == "adam" else (0 if rule == "sgd" else 1)
