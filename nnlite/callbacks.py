@@ -20,6 +20,7 @@ current epoch.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import warnings
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from nnlite import config
 from nnlite.progbar import Progbar
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "EarlyStopping",
     "History",
     "LambdaCallback",
+    "LearningRateScheduler",
     "ProgbarLogger",
+    "ReduceLROnPlateau",
     "TerminateOnNaN",
 ]
 
@@ -641,7 +645,58 @@ _MAXIMIZED_FRAGMENTS = (
 )
 
 
-class EarlyStopping(Callback):
+class _MonitorCallback(Callback):
+    """Base of the callbacks that watch one quantity of the epoch logs (Keras 3's
+    ``MonitorCallback``): the direction it improves in and what counts as an improvement.
+
+    ``improved = v − min_delta > best`` in mode "max", ``v + min_delta < best`` in mode "min"
+    (``min_delta`` taken as ``|min_delta|``), compared in float32 as Keras's ``ops.greater`` /
+    ``ops.less`` do with two Python floats; the first value always improves on ``None``.
+    """
+
+    def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(
+                f"Argument `mode` of {type(self).__name__} must be one of 'auto', 'min', "
+                f"'max'. Received: mode={mode!r}"
+            )
+        self.monitor = monitor
+        self.mode = mode
+        self.maximize = self._infer_maximize()
+        # Stored signed, as Keras does: improvement is always `op(current - min_delta, ref)`.
+        self.min_delta = abs(min_delta) if self.maximize else -abs(min_delta)
+
+    def _infer_maximize(self) -> bool:
+        if self.mode != "auto":
+            return self.mode == "max"
+        name = self.monitor.removeprefix("val_")
+        if name.endswith("loss"):
+            return False
+        return any(fragment in name for fragment in _MAXIMIZED_FRAGMENTS)
+
+    def _is_improvement(self, value: float, reference: float | None) -> bool:
+        if reference is None:
+            return True
+        # Keras compares with ``ops.less``/``ops.greater``, which turn the two Python floats
+        # into float32 tensors: an improvement smaller than float32 resolution does not count.
+        current, reference = np.float32(value - self.min_delta), np.float32(reference)
+        return bool(current > reference) if self.maximize else bool(current < reference)
+
+    def _monitored(self, logs: Logs | None, what: str) -> Any:
+        """``logs[monitor]``, or ``None`` with a warning naming the available keys."""
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None:
+            warnings.warn(
+                f"{what} conditioned on metric `{self.monitor}` which is not available. "
+                f"Available metrics are: {','.join(logs.keys())}",
+                stacklevel=3,
+            )
+        return value
+
+
+class EarlyStopping(_MonitorCallback):
     """Stops training when a monitored quantity has stopped improving.
 
     At the end of each epoch (from ``start_from_epoch`` on) the value ``v`` of ``monitor`` is
@@ -688,39 +743,13 @@ class EarlyStopping(Callback):
         restore_best_weights: bool = False,
         start_from_epoch: int = 0,
     ) -> None:
-        super().__init__()
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(
-                "Argument `mode` of EarlyStopping must be one of 'auto', 'min', 'max'. "
-                f"Received: mode={mode!r}"
-            )
-        self.monitor = monitor
-        self.mode = mode
+        super().__init__(monitor, mode, min_delta)
         self.patience = patience
         self.verbose = verbose
         self.baseline = baseline
         self.restore_best_weights = restore_best_weights
         self.start_from_epoch = start_from_epoch
-        self.maximize = self._infer_maximize()
-        # Stored signed, as Keras does: improvement is always `op(current - min_delta, ref)`.
-        self.min_delta = abs(min_delta) if self.maximize else -abs(min_delta)
         self.on_train_begin()
-
-    def _infer_maximize(self) -> bool:
-        if self.mode != "auto":
-            return self.mode == "max"
-        name = self.monitor.removeprefix("val_")
-        if name.endswith("loss"):
-            return False
-        return any(fragment in name for fragment in _MAXIMIZED_FRAGMENTS)
-
-    def _is_improvement(self, value: float, reference: float | None) -> bool:
-        if reference is None:
-            return True
-        # Keras compares with ``ops.less``/``ops.greater``, which turn the two Python floats
-        # into float32 tensors: an improvement smaller than float32 resolution does not count.
-        current, reference = np.float32(value - self.min_delta), np.float32(reference)
-        return bool(current > reference) if self.maximize else bool(current < reference)
 
     def on_train_begin(self, logs: Logs | None = None) -> None:
         """Resets the state, so one instance can serve several ``fit`` calls.
@@ -788,15 +817,214 @@ class EarlyStopping(Callback):
         Returns:
             The monitored value, or ``None``.
         """
-        logs = logs or {}
-        value = logs.get(self.monitor)
-        if value is None:
-            warnings.warn(
-                f"Early stopping conditioned on metric `{self.monitor}` which is not available. "
-                f"Available metrics are: {','.join(logs.keys())}",
-                stacklevel=2,
+        return self._monitored(logs, "Early stopping")
+
+
+def _learning_rate(optimizer: Any) -> float:
+    """The optimizer's learning rate as Keras reads it back: rounded to ``floatx`` (Keras keeps
+    it in a variable of that dtype); a schedule's value for the coming step."""
+    if not hasattr(optimizer, "learning_rate"):
+        raise ValueError(
+            f'Optimizer must have a "learning_rate" attribute. Received: {optimizer!r}'
+        )
+    lr = optimizer.learning_rate
+    if callable(lr):
+        lr = optimizer.current_learning_rate()
+    return float(np.asarray(lr, dtype=config.floatx()))
+
+
+def _set_learning_rate(optimizer: Any, value: Any, source: str) -> None:
+    """Sets a constant learning rate, refusing a schedule and values that are not ≥ 0."""
+    if callable(optimizer.learning_rate):
+        raise TypeError(
+            f"{source}: the optimizer was created with a schedule as its `learning_rate` "
+            "(a callable), so its learning rate cannot be set. Received: "
+            f"learning_rate={optimizer.learning_rate!r}"
+        )
+    if not isinstance(value, (float, np.floating)) or not value >= 0:
+        raise ValueError(
+            f"{source}: expected a learning rate that is a float >= 0. Received: {value!r}"
+        )
+    optimizer.learning_rate = float(value)
+
+
+class LearningRateScheduler(Callback):
+    """Sets the optimizer's learning rate at the start of every epoch from ``schedule``.
+
+    ``lr = schedule(epoch, lr)`` with the zero-based epoch and the current rate (as Keras
+    reads it: rounded to ``floatx``), or ``schedule(epoch)`` for a function of one argument
+    (Keras 2's form). At the end of each epoch the rate is added to the logs as
+    ``learning_rate`` (so ``History`` records it and the progress line shows it).
+
+    Args:
+        schedule: Function of ``(epoch, lr)`` or ``(epoch)`` returning a float ≥ 0.
+        verbose: ``1`` prints the new rate at the start of each epoch.
+
+    Raises:
+        ValueError: when ``schedule`` returns anything but a float ≥ 0 (an int too, as Keras).
+        TypeError: when the optimizer's learning rate is itself a schedule.
+
+    Example:
+        >>> def schedule(epoch, lr):
+        ...     return lr if epoch < 10 else lr * math.exp(-0.1)
+        >>> scheduler = LearningRateScheduler(schedule)
+        >>> model.fit(x, y, epochs=15, callbacks=[scheduler])  # doctest: +SKIP
+    """
+
+    def __init__(self, schedule: Callable[..., Any], verbose: int = 0) -> None:
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(
+                f"LearningRateScheduler: expected `schedule` to be a function of (epoch, lr). "
+                f"Received: {schedule!r}"
             )
-        return value
+        self.schedule = schedule
+        self.verbose = verbose
+        self._takes_lr = _positional_arguments(schedule) >= 2
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        """Sets the epoch's learning rate.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: Unused.
+        """
+        optimizer = self.model.optimizer
+        if self._takes_lr:
+            lr = self.schedule(epoch, _learning_rate(optimizer))
+        else:
+            lr = self.schedule(epoch)
+        _set_learning_rate(optimizer, lr, "LearningRateScheduler")
+        if self.verbose > 0:
+            _print_line(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate "
+                        f"to {lr}.")
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Adds ``learning_rate`` to the epoch's logs.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: The epoch's metrics (updated in place).
+        """
+        if logs is not None:
+            logs["learning_rate"] = _learning_rate(self.model.optimizer)
+
+
+def _positional_arguments(fn: Callable[..., Any]) -> int:
+    """How many positional arguments ``fn`` accepts (a large number for ``*args``)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # e.g. some builtins: assume the two-argument form
+        return 2
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return 1 << 30
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters)
+
+
+class ReduceLROnPlateau(_MonitorCallback):
+    """Multiplies the learning rate by ``factor`` when a monitored quantity stops improving.
+
+    At the end of each epoch, with ``v`` the value of ``monitor`` and improvements as in
+    `EarlyStopping` (``min_delta`` in float32)::
+
+        in cooldown (cooldown_counter > 0):  cooldown_counter −= 1, wait = 0
+        v improves on best:                  best = v, wait = 0
+        otherwise, not in cooldown:          wait += 1; when wait ≥ patience and lr > min_lr:
+                                                 lr = max(lr · factor, min_lr)
+                                                 cooldown_counter = cooldown, wait = 0
+
+    ``lr`` is read back rounded to ``floatx``, as Keras keeps it. The rate before any change is
+    added to the logs as ``learning_rate``.
+
+    Args:
+        monitor: Key of ``logs`` to watch.
+        factor: Multiplier of the learning rate, < 1.
+        patience: Epochs without improvement after which the rate is reduced.
+        verbose: ``1`` prints a line at each reduction.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (as in `EarlyStopping`).
+        min_delta: Smallest change that counts as an improvement (its sign is ignored).
+        cooldown: Epochs to wait after a reduction before counting again.
+        min_lr: Lower bound of the learning rate.
+
+    Raises:
+        ValueError: If ``factor`` ≥ 1 or ``mode`` is not one of ``"auto"``, ``"min"``, ``"max"``.
+
+    Example:
+        >>> reduce = ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=3, min_lr=1e-5)
+        >>> model.fit(x, y, validation_split=0.1, epochs=50, callbacks=[reduce])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+    ) -> None:
+        super().__init__(monitor, mode, min_delta)
+        if not factor < 1.0:
+            raise ValueError(
+                f"ReduceLROnPlateau does not support a factor >= 1.0. Received factor={factor}"
+            )
+        self.factor = factor
+        self.min_lr = min_lr
+        self.patience = patience
+        self.verbose = verbose
+        self.cooldown = cooldown
+        self.on_train_begin()
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """Resets the best value and the counters, so one instance can serve several fits.
+
+        Args:
+            logs: Unused.
+        """
+        self.best: float | None = None
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def in_cooldown(self) -> bool:
+        """Whether the epochs of rest after a reduction are still running."""
+        return self.cooldown_counter > 0
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Records the rate, compares the monitored value and reduces the rate if needed.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: The epoch's metrics (``learning_rate`` is added in place).
+        """
+        logs = logs if logs is not None else {}
+        optimizer = self.model.optimizer
+        logs["learning_rate"] = _learning_rate(optimizer)
+        current = self._monitored(logs, "Learning rate reduction is")
+        if current is None:
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._is_improvement(current, self.best):
+            self.best = current
+            self.wait = 0
+            return
+        if self.in_cooldown():
+            return
+        self.wait += 1
+        if self.wait < self.patience:
+            return
+        old = _learning_rate(optimizer)
+        if old > np.float32(self.min_lr):
+            new = max(old * self.factor, self.min_lr)
+            _set_learning_rate(optimizer, float(new), "ReduceLROnPlateau")
+            if self.verbose > 0:
+                _print_line(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate "
+                            f"to {new}.")
+            self.cooldown_counter = self.cooldown
+            self.wait = 0
 
 
 class TerminateOnNaN(Callback):

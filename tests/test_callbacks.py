@@ -12,7 +12,9 @@ from nnlite.callbacks import (
     EarlyStopping,
     History,
     LambdaCallback,
+    LearningRateScheduler,
     ProgbarLogger,
+    ReduceLROnPlateau,
     TerminateOnNaN,
 )
 
@@ -603,3 +605,152 @@ def test_lambda_callback_hooks():
 def test_lambda_callback_defaults_are_no_ops():
     cb = LambdaCallback()
     assert cb.on_epoch_end(0, {}) is None and cb.on_train_batch_end(0) is None
+
+
+# ---------------------------------------------------------------- learning-rate callbacks
+
+
+class OptimizerModel(FakeModel):
+    """A fake model with a real optimizer, as the learning-rate callbacks need."""
+
+    def __init__(self, learning_rate=0.1):
+        super().__init__()
+        from nnlite.optimizers import SGD
+
+        self.optimizer = SGD(learning_rate=learning_rate)
+
+
+F32 = lambda value: float(np.float32(value))  # noqa: E731 - the rate as Keras reads it back
+
+
+def test_learning_rate_scheduler_two_argument_form_reads_the_float32_rate(capsys):
+    seen = []
+
+    def schedule(epoch, lr):
+        seen.append((epoch, lr))
+        return lr * 0.5 if epoch else lr
+
+    model = OptimizerModel(0.1)
+    _, history = fit([LearningRateScheduler(schedule, verbose=1)], [1.0, 0.9, 0.8],
+                     model=model)
+    # Keras keeps the rate in a floatx variable: the schedule sees 0.1 rounded to float32.
+    assert seen == [(0, F32(0.1)), (1, F32(0.1)), (2, F32(F32(0.1) * 0.5))]
+    assert model.optimizer.learning_rate == F32(F32(0.1) * 0.5) * 0.5
+    assert history.history["learning_rate"] == [F32(0.1), F32(F32(0.1) * 0.5),
+                                                F32(F32(F32(0.1) * 0.5) * 0.5)]
+    out = capsys.readouterr().out
+    assert f"\nEpoch 1: LearningRateScheduler setting learning rate to {F32(0.1)}.\n" in out
+    assert out.count("LearningRateScheduler setting") == 3
+
+
+def test_learning_rate_scheduler_one_argument_form():
+    model = OptimizerModel(0.1)
+    _, history = fit([LearningRateScheduler(lambda epoch: 0.02 / (epoch + 1))], [1.0, 1.0],
+                     model=model)
+    assert history.history["learning_rate"] == [F32(0.02), F32(0.01)]
+    assert model.optimizer.learning_rate == 0.01
+
+
+@pytest.mark.parametrize("bad", [1, -0.1, float("nan"), "0.1", None])
+def test_learning_rate_scheduler_refuses_a_bad_rate(bad):
+    model = OptimizerModel(0.1)
+    with pytest.raises(ValueError, match=r"LearningRateScheduler: expected a learning rate "
+                                         r"that is a float >= 0\. Received: "):
+        fit([LearningRateScheduler(lambda epoch, lr: bad)], [1.0], model=model)
+    assert model.optimizer.learning_rate == 0.1
+
+
+def test_learning_rate_scheduler_accepts_numpy_floats():
+    model = OptimizerModel(0.1)
+    fit([LearningRateScheduler(lambda epoch, lr: np.float32(0.25))], [1.0], model=model)
+    assert model.optimizer.learning_rate == 0.25 and type(model.optimizer.learning_rate) is float
+
+
+def test_learning_rate_scheduler_refuses_an_optimizer_with_a_schedule():
+    model = OptimizerModel(lambda iterations: 0.1)
+    with pytest.raises(TypeError, match=r"LearningRateScheduler: the optimizer was created "
+                                        r"with a schedule"):
+        fit([LearningRateScheduler(lambda epoch, lr: lr)], [1.0], model=model)
+
+
+def test_learning_rate_scheduler_needs_a_function():
+    with pytest.raises(TypeError, match=r"`schedule`.*Received: 0\.1"):
+        LearningRateScheduler(0.1)
+
+
+def plateau(values, model=None, **kwargs):
+    """Runs ReduceLROnPlateau over scripted val_loss values; returns (callback, lr history)."""
+    model = model or OptimizerModel(1.0)
+    callback = ReduceLROnPlateau(**kwargs)
+    _, history = fit([callback], values, model=model)
+    return callback, history.history["learning_rate"], model
+
+
+def test_reduce_lr_on_plateau_patience_factor_and_floor():
+    # Improves, then two epochs without (patience 2): reduced at the end of epoch 3; again
+    # two epochs later; the floor stops the third reduction at min_lr.
+    callback, rates, model = plateau([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], factor=0.5,
+                                     patience=2, min_lr=0.2)
+    # learning_rate in the logs is the rate the epoch trained with, before any reduction.
+    assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, F32(0.2)]
+    assert model.optimizer.learning_rate == 0.2
+    assert callback.best == 1.0 and callback.wait == 1  # at the floor: no reduction, counting
+
+
+def test_reduce_lr_on_plateau_min_delta_and_improvements():
+    # min_delta 0.1: 0.95 is no improvement on 1.0; 0.85 is; patience 1 reduces at once.
+    _, rates, _ = plateau([1.0, 0.95, 0.85, 0.8, 0.5], factor=0.1, patience=1, min_delta=0.1)
+    assert rates == [1.0, 1.0, F32(0.1), F32(0.1), F32(F32(0.1) * 0.1)]
+
+
+def test_reduce_lr_on_plateau_cooldown():
+    # patience 0: every non-improving epoch reduces, except in cooldown. As in Keras, the
+    # counter is decremented before the check, so cooldown=2 rests one epoch, not two:
+    # reductions at the ends of epochs 2, 4 and 6 (one-based), the last epoch then resting.
+    callback, rates, _ = plateau([1.0] * 7, factor=0.5, patience=0, cooldown=2)
+    assert rates == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125]
+    assert callback.cooldown_counter == 1
+
+
+def test_reduce_lr_on_plateau_max_mode_for_accuracy():
+    model = OptimizerModel(1.0)
+    callback = ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=0)
+    assert callback.maximize
+    _, history = fit([callback], [0.5, 0.6, 0.55], monitor="val_accuracy", model=model)
+    assert history.history["learning_rate"] == [1.0, 1.0, 1.0]
+    assert model.optimizer.learning_rate == 0.5
+
+
+def test_reduce_lr_on_plateau_verbose_line(capsys):
+    plateau([1.0, 1.0], factor=0.3, patience=1, verbose=1, model=OptimizerModel(0.1))
+    assert (f"\nEpoch 2: ReduceLROnPlateau reducing learning rate to {F32(0.1) * 0.3}.\n"
+            in capsys.readouterr().out)
+
+
+def test_reduce_lr_on_plateau_missing_monitor_warns():
+    callback = ReduceLROnPlateau(patience=0)
+    callback.set_model(OptimizerModel(0.1))
+    with pytest.warns(UserWarning, match=re.escape(
+            "Learning rate reduction is conditioned on metric `val_loss` which is not "
+            "available. Available metrics are: loss,learning_rate")):
+        callback.on_epoch_end(0, {"loss": 1.0})
+    assert callback.model.optimizer.learning_rate == 0.1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"factor": 1.0}, r"factor >= 1\.0\. Received factor=1\.0"),
+    ({"mode": "best"}, r"`mode` of ReduceLROnPlateau.*Received: mode='best'"),
+])
+def test_reduce_lr_on_plateau_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ReduceLROnPlateau(**kwargs)
+
+
+def test_reduce_lr_on_plateau_is_reusable_across_fits():
+    model = OptimizerModel(1.0)
+    callback = ReduceLROnPlateau(factor=0.5, patience=1)
+    fit([callback], [1.0, 2.0], model=model)
+    assert model.optimizer.learning_rate == 0.5 and callback.best == 1.0
+    fit([callback], [3.0], model=model)  # a new fit: 3.0 is its first value, so the best
+    assert callback.best == 3.0 and callback.wait == 0
+    assert model.optimizer.learning_rate == 0.5

@@ -241,7 +241,8 @@ def replay_fit(case, dtype, directory, cmp: Comparison) -> None:
     y = mr.targets(labels, spec["target"], dtype)
     yv = mr.targets(labels_v, spec["target"], dtype)
     history = model.fit(x, y, batch_size=spec["batch_size"], epochs=spec["epochs"],
-                        shuffle=False, verbose=0, validation_data=(xv, yv))
+                        shuffle=False, verbose=0, validation_data=(xv, yv),
+                        callbacks=mr.make_callbacks(nnlite, spec.get("callbacks", [])))
     keras_keys = sorted(k[len("history/"):] for k in case if k.startswith("history/"))
     cmp.equal("History keys", sorted(history.history), keras_keys)
     for key in keras_keys:

@@ -21,7 +21,8 @@ Groups (each case in float64 and float32):
                 10 steps on fixed, per-step different gradients; the variables after each step
     mlp         Sequential models trained with train_on_batch on real MNIST batches from
                 stored initial weights: loss and accuracy at every step, weights at snapshots
-    fit         one fit(shuffle=False, validation_data=...) run: History, evaluate, weights
+    fit         fit(shuffle=False, validation_data=...) runs, some with ReduceLROnPlateau and
+                LearningRateScheduler: History (learning_rate too), evaluate, weights
     metrics     accuracy with ties and -0.0 scores; EarlyStopping decisions on value sequences
     lstm        keras.layers.LSTM (last step, full sequence, ReLU without bias): x, kernel,
                 recurrent_kernel, bias, y and the gradients of sum(dy * y) w.r.t. x and the
@@ -50,6 +51,7 @@ import datetime
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -64,6 +66,25 @@ DTYPES = ("float64", "float32")
 GROUPS = ("dense", "losses", "optimizers", "mlp", "fit", "metrics", "lstm")
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
 SPEC_KEY = "__spec__"
+
+# The learning-rate schedules of the fit cases' LearningRateScheduler, by name: one definition
+# for the Keras worker and the nnlite replay. "step" is Keras 2's one-argument form.
+SCHEDULES = {
+    "exp_decay": lambda epoch, lr: lr * math.exp(-0.7 * epoch),
+    "step": lambda epoch: 0.004 * 0.5 ** epoch,
+}
+
+
+def make_callbacks(module, specs: list) -> list:
+    """A fit case's callbacks from ``module.callbacks`` (``keras`` or ``nnlite``): each spec is
+    ``{"class", "kwargs"}``, with ``"schedule"`` naming one of SCHEDULES."""
+    made = []
+    for spec in specs:
+        kwargs = dict(spec.get("kwargs", {}))
+        if "schedule" in spec:
+            kwargs["schedule"] = SCHEDULES[spec["schedule"]]
+        made.append(getattr(module.callbacks, spec["class"])(**kwargs))
+    return made
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,9 +155,30 @@ def _canonical_spec() -> dict:
          "optimizer": {"class": "Adam", "kwargs": {}}, "steps": 5, "snapshots": [5],
          "init": "saturated", "init_scale": 16.0},
     ]
+    callback_case = {**small, "activations": ["relu", "softmax"],
+                     "loss": {"class": "SparseCategoricalCrossentropy", "kwargs": {}},
+                     "target": "sparse", "n_train": 1050, "n_val": 250, "batch_size": 100,
+                     "batches": "fit"}
     fit = [{**big, "name": "adam", "optimizer": {"class": "Adam", "kwargs": {}},
             "n_train": 1050, "n_val": 250, "batch_size": 100, "epochs": 2,
-            "batches": "fit"}]
+            "batches": "fit"},
+           # The learning-rate callbacks (on the small model): the rates in History and the
+           # weights they lead to. A large min_delta makes most epochs a plateau: reductions,
+           # a cooldown (2: Keras's counter rests one epoch) and the floor all happen.
+           {**callback_case, "name": "sgd_reduce_lr_on_plateau", "epochs": 9,
+            "optimizer": {"class": "SGD", "kwargs": {"learning_rate": 0.1, "momentum": 0.5}},
+            "callbacks": [{"class": "ReduceLROnPlateau", "kwargs": {
+                "monitor": "val_loss", "factor": 0.3, "patience": 1, "min_delta": 0.2,
+                "cooldown": 2, "min_lr": 0.005}}]},
+           {**callback_case, "name": "adam_scheduler_and_plateau", "epochs": 4,
+            "optimizer": {"class": "Adam", "kwargs": {"learning_rate": 0.003}},
+            "callbacks": [{"class": "LearningRateScheduler", "schedule": "exp_decay"},
+                          {"class": "ReduceLROnPlateau", "kwargs": {
+                              "monitor": "val_accuracy", "factor": 0.5, "patience": 0,
+                              "min_delta": 0.5}}]},
+           {**callback_case, "name": "rmsprop_step_schedule", "epochs": 3,
+            "optimizer": {"class": "RMSprop", "kwargs": {}},
+            "callbacks": [{"class": "LearningRateScheduler", "schedule": "step"}]}]
     for case in fit:
         for key in ("steps", "snapshots"):
             case.pop(key)
@@ -408,9 +450,9 @@ def make_shared(spec: dict) -> dict:
         n = case["n_train"] if "n_train" in case else case["steps"] * case["batch_size"]
         if key not in arrays or arrays[key].size < n:
             arrays[key] = rng.choice(60000, size=n, replace=False).astype(np.uint16)
-        if "n_val" in case:
-            arrays[f"val/{case['batches']}"] = rng.choice(
-                10000, size=case["n_val"], replace=False).astype(np.uint16)
+        key = f"val/{case['batches']}"
+        if "n_val" in case and (key not in arrays or arrays[key].size != case["n_val"]):
+            arrays[key] = rng.choice(10000, size=case["n_val"], replace=False).astype(np.uint16)
     return arrays
 
 
@@ -709,7 +751,8 @@ def _worker(dtype: str, spec: dict, shared_path: str, out_dir: str) -> None:
         xv, labels_v = mnist_batch(shared[f"val/{case['batches']}"], dt, test=True)
         history = model.fit(x, targets(labels, case["target"], dt), batch_size=case["batch_size"],
                             epochs=case["epochs"], shuffle=False, verbose=0,
-                            validation_data=(xv, targets(labels_v, case["target"], dt)))
+                            validation_data=(xv, targets(labels_v, case["target"], dt)),
+                            callbacks=make_callbacks(keras, case.get("callbacks", [])))
         for key, values in history.history.items():
             arrays[f"{case['name']}/history/{key}"] = np.array(values, dtype=np.float64)
         evaluated = model.evaluate(xv, targets(labels_v, case["target"], dt),
