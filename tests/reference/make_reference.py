@@ -362,6 +362,21 @@ def make_spec(seed: int | None = None) -> dict:
                  "units": int(rng.integers(2, 9)), "classes": int(rng.integers(2, 6)),
                  "steps": int(rng.integers(3, 9)),
                  "optimizer": _random_optimizer(rng, in_model=True), "seed": sub_seed()})
+    # The fit case's learning-rate callbacks, drawn after everything else for the same reason.
+    callbacks = []
+    if rng.integers(2):
+        maximize = bool(rng.integers(2))
+        callbacks.append({"class": "ReduceLROnPlateau", "kwargs": {
+            "monitor": "val_accuracy" if maximize else str(rng.choice(["val_loss", "loss"])),
+            "factor": float(rng.choice([0.1, 0.3, 0.5])), "patience": int(rng.integers(0, 2)),
+            "min_delta": float(rng.choice([1e-4, 0.05, 0.5])),
+            "cooldown": int(rng.integers(0, 3)), "min_lr": float(rng.choice([0.0, 1e-4]))}})
+    if rng.integers(2):
+        callbacks.insert(int(rng.integers(len(callbacks) + 1)),
+                         {"class": "LearningRateScheduler",
+                          "schedule": str(rng.choice(sorted(SCHEDULES)))})
+    fit[0]["callbacks"] = callbacks
+    fit[0]["epochs"] += len(callbacks)  # time for the rates to change
     return {**spec, "lstm": lstm}
 
 
