@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ __all__ = [
     "History",
     "LambdaCallback",
     "LearningRateScheduler",
+    "ModelCheckpoint",
     "ProgbarLogger",
     "ReduceLROnPlateau",
     "TerminateOnNaN",
@@ -1025,6 +1027,152 @@ class ReduceLROnPlateau(_MonitorCallback):
                             f"to {new}.")
             self.cooldown_counter = self.cooldown
             self.wait = 0
+
+
+class ModelCheckpoint(_MonitorCallback):
+    """Saves the model's weights during training: every epoch, every ``save_freq`` batches,
+    or only when a monitored quantity improves.
+
+    The path may hold ``str.format`` fields filled from the epoch (one-based) and the logs,
+    e.g. ``"ckpt/{epoch:02d}-{val_loss:.2f}.weights.npz"``; missing directories are created.
+    Each file is written by ``model.save_weights`` (an ``.npz`` archive whatever its name,
+    written to a temporary file and renamed, so a checkpoint is never half-written) and is read
+    back with ``model.load_weights``. With ``save_best_only`` a save happens only when the
+    monitored value improves on the best so far, as in `EarlyStopping` (float32 comparison,
+    here with no ``min_delta``), starting from ``initial_value_threshold`` when given.
+
+    nnlite saves weights only: ``save_weights_only`` must be ``True`` (in Keras ``False``
+    saves the whole model to a ``.keras`` file, which nnlite cannot write).
+
+    Args:
+        filepath: Path (or format string) of the checkpoint file.
+        monitor: Key of ``logs`` compared when ``save_best_only``.
+        verbose: ``1`` prints a line at each decision and save.
+        save_best_only: Save only when ``monitor`` improves.
+        save_weights_only: Must be ``True``.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (as in `EarlyStopping`).
+        save_freq: ``"epoch"``, or a number of batches between saves.
+        initial_value_threshold: The value the first save must improve on.
+
+    Raises:
+        ValueError: If ``save_weights_only`` is not ``True``, ``save_freq`` is neither
+            ``"epoch"`` nor a positive integer, or ``mode`` is unknown.
+        KeyError: When ``filepath`` names a field the logs do not hold.
+
+    Example:
+        >>> best = ModelCheckpoint("best.weights.npz", save_weights_only=True,
+        ...                        save_best_only=True)  # doctest: +SKIP
+        >>> model.fit(x, y, validation_split=0.1, epochs=20, callbacks=[best])  # doctest: +SKIP
+        >>> model.load_weights("best.weights.npz")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        filepath: Any,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+    ) -> None:
+        super().__init__(monitor, mode, 0)
+        if save_weights_only is not True:
+            raise ValueError(
+                "ModelCheckpoint: nnlite saves weights only (model.save_weights, an .npz "
+                "archive), so `save_weights_only` must be True. Received: "
+                f"save_weights_only={save_weights_only!r}"
+            )
+        if save_freq != "epoch" and (not isinstance(save_freq, int)
+                                     or isinstance(save_freq, bool) or save_freq < 1):
+            raise ValueError(
+                "ModelCheckpoint: expected `save_freq` to be 'epoch' or a positive integer "
+                f"(batches). Received: save_freq={save_freq!r}"
+            )
+        self.filepath = os.fspath(filepath)
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_weights_only = save_weights_only
+        self.save_freq = save_freq
+        self.initial_value_threshold = initial_value_threshold
+        self.best = initial_value_threshold
+        self._epoch = 0
+        self._batches_since_save = 0
+        if save_freq != "epoch":
+            # Only then a batch hook: without one, fit may run whole epochs in compiled loops.
+            self.on_train_batch_end = self._count_batch
+
+    def _count_batch(self, batch: int, logs: Logs | None = None) -> None:
+        """Saves every ``save_freq`` batches, counted across epochs."""
+        self._batches_since_save += 1
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self._save(self._epoch, logs, batch)
+
+    def on_epoch_begin(self, epoch: int, logs: Logs | None = None) -> None:
+        """Records the epoch, for the file name.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: Unused.
+        """
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Saves (or considers saving) at the end of the epoch when ``save_freq="epoch"``.
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: The epoch's metrics.
+        """
+        if self.save_freq == "epoch":
+            self._save(epoch, logs, None)
+
+    def _path(self, epoch: int, logs: Logs, batch: int | None) -> str:
+        fields = dict(logs)
+        if batch is not None and "batch" not in fields:
+            fields["batch"] = batch + 1
+        try:
+            return self.filepath.format(epoch=epoch + 1, **fields)
+        except KeyError as exc:
+            raise KeyError(
+                f'Failed to format this callback filepath: "{self.filepath}". Reason: {exc}. '
+                f"Available fields: epoch, {', '.join(fields)}"
+            ) from None
+
+    def _save(self, epoch: int, logs: Logs | None, batch: int | None) -> None:
+        logs = logs or {}
+        path = self._path(epoch, logs, batch)
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                warnings.warn(f"Can save best model only with {self.monitor} available.",
+                              stacklevel=3)
+            else:
+                best = "None" if self.best is None else f"{self.best:.5f}"
+                if not self._is_improvement(current, self.best):
+                    if self.verbose > 0:
+                        _print_line(f"\nEpoch {epoch + 1}: {self.monitor} did not improve "
+                                    f"from {best}")
+                    return
+                if self.verbose > 0:
+                    _print_line(f"\nEpoch {epoch + 1}: {self.monitor} improved from {best} "
+                                f"to {current:.5f}, saving model to {path}")
+                self.best = current
+        elif self.verbose > 0:
+            _print_line(f"\nEpoch {epoch + 1}: saving model to {path}")
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        if os.path.isdir(path):
+            raise IsADirectoryError(
+                f"ModelCheckpoint: the checkpoint path is an existing directory: {path!r}; "
+                "give a file path"
+            )
+        self.model.save_weights(path, overwrite=True)
+        if self.verbose > 0:
+            _print_line(f"\nEpoch {epoch + 1}: finished saving model to {path}")
 
 
 class TerminateOnNaN(Callback):

@@ -13,6 +13,7 @@ from nnlite.callbacks import (
     History,
     LambdaCallback,
     LearningRateScheduler,
+    ModelCheckpoint,
     ProgbarLogger,
     ReduceLROnPlateau,
     TerminateOnNaN,
@@ -754,3 +755,131 @@ def test_reduce_lr_on_plateau_is_reusable_across_fits():
     fit([callback], [3.0], model=model)  # a new fit: 3.0 is its first value, so the best
     assert callback.best == 3.0 and callback.wait == 0
     assert model.optimizer.learning_rate == 0.5
+
+
+# ---------------------------------------------------------------- ModelCheckpoint
+
+
+class SavingModel(FakeModel):
+    """A fake model whose save_weights writes a file naming the epoch of its weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.saved = []
+
+    def save_weights(self, filepath, overwrite=True):
+        self.saved.append(filepath)
+        with open(filepath, "w") as f:
+            f.write(str(epoch_of(self)))
+
+
+def test_model_checkpoint_every_epoch_formats_the_path(tmp_path, capsys):
+    model = SavingModel()
+    pattern = str(tmp_path / "ckpt" / "{epoch:02d}-{val_loss:.2f}.weights.npz")
+    fit([ModelCheckpoint(pattern, save_weights_only=True, verbose=1)], [0.5, 0.25], model=model)
+    expected = [str(tmp_path / "ckpt" / "01-0.50.weights.npz"),
+                str(tmp_path / "ckpt" / "02-0.25.weights.npz")]
+    assert model.saved == expected  # the missing directory was created
+    assert [open(p).read() for p in expected] == ["0", "1"]
+    out = capsys.readouterr().out
+    assert f"\nEpoch 2: saving model to {expected[1]}\n" in out
+    assert f"\nEpoch 2: finished saving model to {expected[1]}\n" in out
+
+
+def test_model_checkpoint_save_best_only(tmp_path, capsys):
+    model = SavingModel()
+    path = str(tmp_path / "best.weights.npz")
+    callback = ModelCheckpoint(path, save_weights_only=True, save_best_only=True, verbose=1)
+    fit([callback], [0.5, 0.7, 0.3, 0.3, 0.4], model=model)
+    # Saved at epochs 1 and 3 (one-based) only: an equal value is no improvement.
+    assert len(model.saved) == 2 and open(path).read() == "2" and callback.best == 0.3
+    out = capsys.readouterr().out
+    assert "\nEpoch 1: val_loss improved from None to 0.50000, saving model to" in out
+    assert "\nEpoch 2: val_loss did not improve from 0.50000\n" in out
+    assert "\nEpoch 3: val_loss improved from 0.50000 to 0.30000, saving model to" in out
+
+
+def test_model_checkpoint_max_mode_and_initial_threshold(tmp_path):
+    model = SavingModel()
+    callback = ModelCheckpoint(str(tmp_path / "w.npz"), monitor="val_accuracy",
+                               save_weights_only=True, save_best_only=True,
+                               initial_value_threshold=0.6)
+    fit([callback], [0.5, 0.65, 0.6, 0.9], monitor="val_accuracy", model=model)
+    assert [open(p).read() for p in model.saved] == ["3", "3"]  # the same file, rewritten
+    assert len(model.saved) == 2 and callback.best == 0.9
+
+
+def test_model_checkpoint_every_n_batches(tmp_path):
+    model = SavingModel()
+    callback = ModelCheckpoint(str(tmp_path / "{epoch}-{batch}.npz"), save_weights_only=True,
+                               save_freq=3)
+    cbs = CallbackList([callback], model=model, epochs=2, steps=2)
+    assert cbs.runs_per_batch  # a batch hook only with a number of batches
+    assert not CallbackList([ModelCheckpoint("x.npz", save_weights_only=True)]).runs_per_batch
+    for epoch in range(2):
+        cbs.on_epoch_begin(epoch)
+        for batch in range(2):
+            model.train_one_epoch(epoch)
+            cbs.on_train_batch_end(batch, {"loss": 1.0})
+        cbs.on_epoch_end(epoch, {"loss": 1.0})
+    # Batches counted across epochs: the third is epoch 2's first.
+    assert model.saved == [str(tmp_path / "2-1.npz")]
+
+
+def test_model_checkpoint_missing_monitor_warns_and_saves(tmp_path):
+    model = SavingModel()
+    callback = ModelCheckpoint(str(tmp_path / "w.npz"), save_weights_only=True,
+                               save_best_only=True)
+    with pytest.warns(UserWarning, match="Can save best model only with val_loss available"):
+        fit([callback], [1.0], monitor="val_accuracy", model=model)
+    assert len(model.saved) == 1
+
+
+def test_model_checkpoint_unknown_path_field(tmp_path):
+    callback = ModelCheckpoint(str(tmp_path / "{val_acc:.2f}.npz"), save_weights_only=True)
+    with pytest.raises(KeyError, match=r"Failed to format this callback filepath.*val_acc.*"
+                                       r"Available fields: epoch, loss, val_loss"):
+        fit([callback], [1.0], model=SavingModel())
+
+
+def test_model_checkpoint_refuses_a_directory_path(tmp_path):
+    with pytest.raises(IsADirectoryError, match="existing directory"):
+        fit([ModelCheckpoint(str(tmp_path), save_weights_only=True)], [1.0],
+            model=SavingModel())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({}, r"`save_weights_only` must be True\. Received: save_weights_only=False"),
+    ({"save_weights_only": True, "save_freq": "batch"},
+     r"`save_freq`.*Received: save_freq='batch'"),
+    ({"save_weights_only": True, "save_freq": 0}, r"Received: save_freq=0"),
+    ({"save_weights_only": True, "mode": "best"}, r"`mode` of ModelCheckpoint"),
+])
+def test_model_checkpoint_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelCheckpoint("w.npz", **kwargs)
+
+
+def test_model_checkpoint_best_weights_are_early_stoppings_best(tmp_path):
+    """A real fit: the checkpoint saved on the best val_loss holds the weights EarlyStopping
+    restores (same monitor, same float32 comparison)."""
+    import nnlite
+
+    r = np.random.default_rng(3)
+    x = r.standard_normal((200, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    model = nnlite.Sequential([nnlite.Input((6,)), nnlite.layers.Dense(8, activation="relu"),
+                               nnlite.layers.Dense(2, activation="softmax")], seed=1)
+    model.compile(optimizer=nnlite.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    path = str(tmp_path / "best.weights.npz")
+    stop = EarlyStopping(patience=100, restore_best_weights=True)
+    history = model.fit(x[:150], y[:150], validation_data=(x[150:], y[150:]), epochs=12,
+                        batch_size=16, verbose=0, callbacks=[
+                            ModelCheckpoint(path, save_weights_only=True, save_best_only=True),
+                            stop])
+    val = history.history["val_loss"]
+    assert stop.best_epoch != len(val) - 1, f"the last epoch is the best: {val}"
+    restored = model.get_weights()
+    model.load_weights(path)
+    for a, b in zip(model.get_weights(), restored):
+        np.testing.assert_array_equal(a, b)
