@@ -15,7 +15,8 @@ A callback is an object whose ``on_*`` methods the training loop calls at fixed 
 
 The model seen by callbacks needs only ``get_weights()``, ``set_weights(weights)`` and a
 ``stop_training`` attribute; setting ``model.stop_training = True`` ends training after the
-current epoch.
+current epoch. The learning-rate callbacks also use ``model.optimizer.learning_rate``, and
+`ModelCheckpoint` ``model.save_weights(path)``.
 """
 
 from __future__ import annotations
