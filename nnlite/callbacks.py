@@ -21,6 +21,7 @@ current epoch. The learning-rate callbacks also use ``model.optimizer.learning_r
 
 from __future__ import annotations
 
+import csv
 import inspect
 import math
 import os
@@ -37,6 +38,7 @@ from nnlite.progbar import Progbar
 __all__ = [
     "Callback",
     "CallbackList",
+    "CSVLogger",
     "EarlyStopping",
     "History",
     "LambdaCallback",
@@ -1174,6 +1176,90 @@ class ModelCheckpoint(_MonitorCallback):
         self.model.save_weights(path, overwrite=True)
         if self.verbose > 0:
             _print_line(f"\nEpoch {epoch + 1}: finished saving model to {path}")
+
+
+class CSVLogger(Callback):
+    """Writes one CSV row per epoch: the epoch (zero-based) and every value of the logs.
+
+    As Keras's: the columns are ``epoch`` and the log keys sorted alphabetically, fixed at the
+    first epoch; when no ``val_`` key is among them, a ``val_`` twin of each key is added (its
+    cells ``NA``). The file is opened when training begins (truncated, or appended to with
+    ``append=True``, the header then written only into an empty file), each row is flushed as it
+    is written, so a log of an interrupted run ends with a whole row, and it is closed when
+    training ends. Rows end with ``\\r\\n`` (the csv module's excel dialect), as Keras's do.
+
+    Args:
+        filename: Path of the CSV file.
+        separator: Column separator.
+        append: Append to an existing file instead of overwriting it.
+
+    Example:
+        >>> model.fit(x, y, epochs=5, callbacks=[CSVLogger("training.csv")])  # doctest: +SKIP
+    """
+
+    def __init__(self, filename: Any, separator: str = ",", append: bool = False) -> None:
+        super().__init__()
+        self.filename = os.fspath(filename)
+        self.sep = separator
+        self.append = append
+        self.keys: list[str] | None = None
+        self.writer: Any = None
+        self.csv_file: Any = None
+
+    def on_train_begin(self, logs: Logs | None = None) -> None:
+        """Opens the file (closing one left open by an interrupted fit).
+
+        Args:
+            logs: Unused.
+        """
+        self.append_header = True
+        if self.append and os.path.exists(self.filename):
+            with open(self.filename, encoding="utf-8") as f:
+                self.append_header = not f.readline()
+        self._close()
+        self.csv_file = open(self.filename, "a" if self.append else "w",  # noqa: SIM115
+                             encoding="utf-8", newline="")
+        self.keys = None
+
+    def on_epoch_end(self, epoch: int, logs: Logs | None = None) -> None:
+        """Writes the epoch's row (and, at the first epoch, the header).
+
+        Args:
+            epoch: Zero-based index of the epoch.
+            logs: The epoch's metrics.
+        """
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+            if self.keys and not any(key.startswith("val_") for key in self.keys):
+                self.keys += [f"val_{key}" for key in self.keys]
+            self.writer = csv.writer(self.csv_file, delimiter=self.sep)
+            if self.append_header:
+                self.writer.writerow(["epoch", *self.keys])
+        self.writer.writerow([epoch, *(_csv_cell(logs.get(key, "NA")) for key in self.keys)])
+        self.csv_file.flush()
+
+    def on_train_end(self, logs: Logs | None = None) -> None:
+        """Closes the file.
+
+        Args:
+            logs: Unused.
+        """
+        self._close()
+
+    def _close(self) -> None:
+        if self.csv_file is not None and not self.csv_file.closed:
+            self.csv_file.close()
+        self.writer = None
+
+
+def _csv_cell(value: Any) -> Any:
+    """A log value as Keras's CSVLogger writes it: sequences as a quoted ``[a, b]`` string."""
+    if isinstance(value, str) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value
+    if isinstance(value, Iterable):
+        return f'"[{", ".join(map(str, value))}]"'
+    return value
 
 
 class TerminateOnNaN(Callback):

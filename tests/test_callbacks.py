@@ -9,6 +9,7 @@ import pytest
 from nnlite.callbacks import (
     Callback,
     CallbackList,
+    CSVLogger,
     EarlyStopping,
     History,
     LambdaCallback,
@@ -883,3 +884,67 @@ def test_model_checkpoint_best_weights_are_early_stoppings_best(tmp_path):
     model.load_weights(path)
     for a, b in zip(model.get_weights(), restored):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- CSVLogger
+
+
+def test_csv_logger_rows_as_keras_writes_them(tmp_path):
+    path = tmp_path / "log.csv"
+    fit([CSVLogger(path)], [0.5, 0.25])
+    # Keras's layout: epoch, then the keys sorted; excel-dialect rows end with \r\n.
+    assert path.read_bytes() == b"epoch,loss,val_loss\r\n0,1.0,0.5\r\n1,1.0,0.25\r\n"
+
+
+def test_csv_logger_adds_val_columns_when_there_are_none(tmp_path):
+    path = tmp_path / "log.csv"
+    fit([CSVLogger(path, separator=";")], [0.9], monitor="accuracy")
+    assert path.read_bytes().decode() == ("epoch;accuracy;loss;val_accuracy;val_loss\r\n"
+                                          "0;0.9;1.0;NA;NA\r\n")
+
+
+def test_csv_logger_append(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("")  # an empty file still gets the header
+    logger = CSVLogger(path, append=True)
+    fit([logger], [0.5])
+    fit([logger], [0.4, 0.3])
+    assert path.read_text().splitlines() == ["epoch,loss,val_loss", "0,1.0,0.5", "0,1.0,0.4",
+                                             "1,1.0,0.3"]
+    fit([CSVLogger(path)], [0.2])  # without append: overwritten
+    assert path.read_text().splitlines() == ["epoch,loss,val_loss", "0,1.0,0.2"]
+
+
+def test_csv_logger_flushes_each_row_and_closes(tmp_path):
+    path = tmp_path / "log.csv"
+    logger = CSVLogger(path)
+    logger.on_train_begin()
+    logger.on_epoch_end(0, {"loss": 2.0, "val_loss": 3.0, "lengths": [1, 2]})
+    # Sequences become a quoted "[1, 2]" string (then quoted again by the csv module).
+    assert path.read_bytes().decode() == ('epoch,lengths,loss,val_loss\r\n'
+                                          '0,"""[1, 2]""",2.0,3.0\r\n')
+    logger.on_train_end()
+    assert logger.csv_file.closed
+
+
+def test_csv_logger_in_a_real_fit_matches_history(tmp_path):
+    import csv
+
+    import nnlite
+
+    r = np.random.default_rng(4)
+    x = r.standard_normal((120, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = nnlite.Sequential([nnlite.Input((5,)), nnlite.layers.Dense(2, activation="softmax")],
+                              seed=2)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    path = tmp_path / "fit.csv"
+    history = model.fit(x, y, epochs=3, batch_size=32, validation_split=0.25, verbose=0,
+                        callbacks=[CSVLogger(path)])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    for key, values in history.history.items():
+        assert [float(row[key]) for row in rows] == values  # repr round-trips exactly
