@@ -16,7 +16,7 @@ A callback is an object whose ``on_*`` methods the training loop calls at fixed 
 The model seen by callbacks needs only ``get_weights()``, ``set_weights(weights)`` and a
 ``stop_training`` attribute; setting ``model.stop_training = True`` ends training after the
 current epoch. The learning-rate callbacks also use ``model.optimizer.learning_rate``, and
-`ModelCheckpoint` ``model.save_weights(path)``.
+`ModelCheckpoint` ``model.save(path)`` or ``model.save_weights(path)``.
 """
 
 from __future__ import annotations
@@ -1033,40 +1033,37 @@ class ReduceLROnPlateau(_MonitorCallback):
 
 
 class ModelCheckpoint(_MonitorCallback):
-    """Saves the model's weights during training: every epoch, every ``save_freq`` batches,
-    or only when a monitored quantity improves.
+    """Saves the model (or only its weights) during training: every epoch, every
+    ``save_freq`` batches, or only when a monitored quantity improves.
 
     The path may hold ``str.format`` fields filled from the epoch (one-based) and the logs,
-    e.g. ``"ckpt/{epoch:02d}-{val_loss:.2f}.weights.npz"``; missing directories are created.
-    Each file is written by ``model.save_weights`` (an ``.npz`` archive whatever its name,
-    written to a temporary file and renamed, so a checkpoint is never half-written) and is read
-    back with ``model.load_weights``. With ``save_best_only`` a save happens only when the
-    monitored value improves on the best so far, as in `EarlyStopping` (float32 comparison,
-    here with no ``min_delta``), starting from ``initial_value_threshold`` when given.
-
-    nnlite saves weights only: ``save_weights_only`` must be ``True`` (in Keras ``False``
-    saves the whole model to a ``.keras`` file, which nnlite cannot write).
+    e.g. ``"ckpt/{epoch:02d}-{val_loss:.2f}.keras"``; missing directories are created. Each
+    file is written by ``model.save`` (read back with ``nnlite.models.load_model``) or, with
+    ``save_weights_only``, by ``model.save_weights`` (read back with ``model.load_weights``),
+    both to a temporary file then renamed, so a checkpoint is never half-written. With
+    ``save_best_only`` a save happens only when the monitored value improves on the best so
+    far, as in `EarlyStopping` (float32 comparison, here with no ``min_delta``), starting from
+    ``initial_value_threshold`` when given.
 
     Args:
         filepath: Path (or format string) of the checkpoint file.
         monitor: Key of ``logs`` compared when ``save_best_only``.
         verbose: ``1`` prints a line at each decision and save.
         save_best_only: Save only when ``monitor`` improves.
-        save_weights_only: Must be ``True``.
+        save_weights_only: Save the weights (an ``.npz`` archive) instead of the whole model.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (as in `EarlyStopping`).
         save_freq: ``"epoch"``, or a number of batches between saves.
         initial_value_threshold: The value the first save must improve on.
 
     Raises:
-        ValueError: If ``save_weights_only`` is not ``True``, ``save_freq`` is neither
-            ``"epoch"`` nor a positive integer, or ``mode`` is unknown.
+        ValueError: If ``save_freq`` is neither ``"epoch"`` nor a positive integer, or
+            ``mode`` is unknown.
         KeyError: When ``filepath`` names a field the logs do not hold.
 
     Example:
-        >>> best = ModelCheckpoint("best.weights.npz", save_weights_only=True,
-        ...                        save_best_only=True)  # doctest: +SKIP
+        >>> best = ModelCheckpoint("best.keras", save_best_only=True)  # doctest: +SKIP
         >>> model.fit(x, y, validation_split=0.1, epochs=20, callbacks=[best])  # doctest: +SKIP
-        >>> model.load_weights("best.weights.npz")  # doctest: +SKIP
+        >>> model = nnlite.models.load_model("best.keras")  # doctest: +SKIP
     """
 
     def __init__(
@@ -1081,12 +1078,6 @@ class ModelCheckpoint(_MonitorCallback):
         initial_value_threshold: float | None = None,
     ) -> None:
         super().__init__(monitor, mode, 0)
-        if save_weights_only is not True:
-            raise ValueError(
-                "ModelCheckpoint: nnlite saves weights only (model.save_weights, an .npz "
-                "archive), so `save_weights_only` must be True. Received: "
-                f"save_weights_only={save_weights_only!r}"
-            )
         if save_freq != "epoch" and (not isinstance(save_freq, int)
                                      or isinstance(save_freq, bool) or save_freq < 1):
             raise ValueError(
@@ -1173,7 +1164,10 @@ class ModelCheckpoint(_MonitorCallback):
                 f"ModelCheckpoint: the checkpoint path is an existing directory: {path!r}; "
                 "give a file path"
             )
-        self.model.save_weights(path, overwrite=True)
+        if self.save_weights_only:
+            self.model.save_weights(path, overwrite=True)
+        else:
+            self.model.save(path, overwrite=True)
         if self.verbose > 0:
             _print_line(f"\nEpoch {epoch + 1}: finished saving model to {path}")
 

@@ -52,6 +52,7 @@ class Loss:
         """Raise ValueError when the target cannot go with predictions of ``y_pred``'s shape."""
 
     def get_config(self) -> dict:
+        """Constructor arguments, as Keras's ``get_config``."""
         return {"name": self.name}
 
 

@@ -69,6 +69,10 @@ class Metric:
         """Mean of :meth:`values` over the batch."""
         return float(self.values(np.asarray(y_true), np.asarray(y_pred)).mean())
 
+    def get_config(self) -> dict:
+        """Constructor arguments, as Keras's ``get_config``."""
+        return {"name": self.name}
+
 
 class MeanMetricWrapper(Metric):
     """Wrap a per-sample function ``fn(y_true, y_pred)`` under ``name``."""
@@ -99,6 +103,11 @@ class BinaryAccuracy(MeanMetricWrapper):
 
     def __init__(self, name: str = "binary_accuracy", threshold: float = 0.5):
         super().__init__(lambda t, p: binary_accuracy(t, p, threshold), name)
+        self.threshold = threshold
+
+    def get_config(self) -> dict:
+        """Constructor arguments, as Keras's ``get_config``."""
+        return {"name": self.name, "threshold": self.threshold}
 
 
 class Accuracy(Metric):

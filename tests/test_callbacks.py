@@ -850,7 +850,6 @@ def test_model_checkpoint_refuses_a_directory_path(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({}, r"`save_weights_only` must be True\. Received: save_weights_only=False"),
     ({"save_weights_only": True, "save_freq": "batch"},
      r"`save_freq`.*Received: save_freq='batch'"),
     ({"save_weights_only": True, "save_freq": 0}, r"Received: save_freq=0"),

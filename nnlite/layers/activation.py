@@ -55,6 +55,12 @@ class Softmax(Activation):
         if axis != -1:
             raise ValueError(f"Softmax: only `axis=-1` is supported, received {axis!r}")
         super().__init__("softmax", **kwargs)
+        self.axis = axis
+
+    def get_config(self):
+        config = {**super().get_config(), "axis": self.axis}
+        del config["activation"]  # always softmax: not a constructor argument
+        return config
 
 
 class ReLU(Layer):

@@ -180,8 +180,8 @@ class Layer:
             param[...] = backend.asarray(value, dtype=param.dtype)
 
     def get_config(self) -> dict:
-        """Constructor arguments (name and trainability; subclasses add theirs)."""
-        return {"name": self.name, "trainable": self.trainable}
+        """Constructor arguments (name, dtype and trainability; subclasses add theirs)."""
+        return {"name": self.name, "dtype": self.dtype.name, "trainable": self.trainable}
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"

@@ -765,11 +765,7 @@ class Sequential:
         filepath = os.fspath(filepath)
         if not overwrite and os.path.exists(filepath):
             raise FileExistsError(f"{self.name}.save_weights: {filepath!r} exists")
-        # Keys sort into get_weights() order: layer index, then the weight's index in the layer.
-        arrays = {}
-        for i, layer in enumerate(self.layers):
-            for j, (key, value) in enumerate(zip(layer.params, layer.get_weights())):
-                arrays[f"{i:03d}/{j:02d}/{layer.name}/{key}"] = value
+        arrays = self._weights_arrays()
         directory = os.path.dirname(os.path.abspath(filepath))
         fd, tmp = tempfile.mkstemp(prefix=".nnlite-", suffix=".npz.tmp", dir=directory)
         try:
@@ -780,6 +776,24 @@ class Sequential:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def _weights_arrays(self) -> dict:
+        """The weights as named NumPy arrays whose keys sort into get_weights() order: layer
+        index, then the weight's index in the layer."""
+        arrays = {}
+        for i, layer in enumerate(self.layers):
+            for j, (key, value) in enumerate(zip(layer.params, layer.get_weights())):
+                arrays[f"{i:03d}/{j:02d}/{layer.name}/{key}"] = value
+        return arrays
+
+    def save(self, filepath, overwrite: bool = True) -> None:
+        """Write the whole model (architecture, weights, compile settings, optimizer state) to
+        one archive, as Keras's ``model.save("model.keras")``; read it back with
+        ``nnlite.models.load_model``. See :mod:`nnlite.models.saving` for the format (weights
+        as ``.npz``: TensorFlow Keras cannot read these files)."""
+        from nnlite.models.saving import save_model
+
+        save_model(self, filepath, overwrite=overwrite)
 
     def load_weights(self, filepath) -> None:
         """Load parameters written by :meth:`save_weights`.
