@@ -20,10 +20,11 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from nnlite._files import atomic_write
 
 __all__ = [
     "new_figure",
@@ -91,16 +92,8 @@ def save(fig, path, dpi: int = 100, **kwargs) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fmt = kwargs.pop("format", None) or os.path.splitext(path)[1][1:].lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=".nnlite-", suffix=f".{fmt}.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=dpi, **kwargs)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; an image is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb", suffix=f".{fmt}.tmp") as f:
+        fig.savefig(f, format=fmt, dpi=dpi, **kwargs)
     return path
 
 

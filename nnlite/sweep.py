@@ -46,13 +46,14 @@ import itertools
 import math
 import multiprocessing
 import os
-import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
+
+from nnlite._files import atomic_write
 
 __all__ = [
     "BUILDERS",
@@ -457,17 +458,8 @@ def sweep_markdown(results) -> str:
 
 def _write_text(path: str, text: str) -> None:
     """Write ``text`` atomically (temporary file in the same folder, then os.replace)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".nnlite-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
 
 
 def write_outputs(results, out) -> list[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 
@@ -33,6 +32,7 @@ from nnlite import layers as layers_module
 from nnlite import losses as losses_module
 from nnlite import metrics as metrics_module
 from nnlite import optimizers as optimizers_module
+from nnlite._files import atomic_write
 from nnlite.backend import get_backend
 
 FORMAT = "nnlite-model"
@@ -75,17 +75,10 @@ def save_model(model, filepath, overwrite: bool = True) -> None:
     }
     if model.compiled:
         files["optimizer.npz"] = _npz(_optimizer_arrays(model))
-    directory = os.path.dirname(os.path.abspath(filepath))
-    fd, tmp = tempfile.mkstemp(prefix=".nnlite-", suffix=".keras.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name, data in files.items():
-                archive.writestr(name, data)
-        os.replace(tmp, filepath)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with (atomic_write(filepath, "wb", suffix=".keras.tmp") as f,
+          zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive):
+        for name, data in files.items():
+            archive.writestr(name, data)
 
 
 def load_model(filepath, compile: bool = True):  # noqa: A002 - Keras's argument name

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from nnlite import config
 from nnlite import losses as losses_module
 from nnlite import metrics as metrics_module
 from nnlite import optimizers as optimizers_module
+from nnlite._files import atomic_write
 from nnlite.backend import get_backend
 from nnlite.callbacks import CallbackList
 from nnlite.layers.activation import Activation
@@ -766,16 +766,8 @@ class Sequential:
         if not overwrite and os.path.exists(filepath):
             raise FileExistsError(f"{self.name}.save_weights: {filepath!r} exists")
         arrays = self._weights_arrays()
-        directory = os.path.dirname(os.path.abspath(filepath))
-        fd, tmp = tempfile.mkstemp(prefix=".nnlite-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, filepath)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(filepath, "wb", suffix=".npz.tmp") as f:
+            np.savez(f, **arrays)
 
     def _weights_arrays(self) -> dict:
         """The weights as named NumPy arrays whose keys sort into get_weights() order: layer
