@@ -14,14 +14,16 @@ TensorFlow out of the test process), and every case is replayed and compared exa
 The seed is new at every run; a failure names it. Reproduce with
 ``NNLITE_LIVE_SEED=<seed> python -m pytest tests/test_reference_live.py``.
 
-A known rare float32 failure (about 1 run in 40-50): a ReLU pre-activation that lies within
-float32 rounding of zero, where the sign, and so whether a sample's gradient counts, is a coin
-flip for any float32 GEMM. Seed 1297341437: z = 1.9e-8 in float64 against a rounding noise of
-about 8e-8 for a sum of 784 terms; nnlite's float32 got −7e-8 and dropped the sample from that
-unit's step-2 gradient, Keras's kept it, and RMSprop's normalised step turned the difference
-into 1.4e-3 in the kernel by step 4, while nnlite's float64 run equals Keras's to print
-precision. Tell it from a real fault by replaying the case in float64 (both must agree) and
-looking for |z| near zero at the step where the float32 runs part.
+Float32 cases that a ReLU kink decides are skipped, not failed: when a ReLU pre-activation lies
+within float32 rounding of zero, its sign, and so whether a sample's gradient counts, is a coin
+flip for any float32 GEMM, and Adam's or RMSprop's normalised step can carry the difference past
+the tolerance. Seed 1297341437 (float32 ``2_relu-sigmoid-softmax``, RMSprop): z = 1.9e-8 in
+float64 against a rounding scale of 1e-6 (ε₃₂ · Σ|a·w|); nnlite's float32 got −7.3e-8 and
+dropped the sample from that unit's step-2 gradient, Keras's kept it, and the kernel differed by
+1.4e-3 at step 4, while nnlite's float64 run equals Keras's. Such a failure (about 1 run in 40
+before this check) is skipped only when :func:`relu_kink` finds a pre-activation below its
+rounding scale along the float64 trajectory of that very case; the float64 case is always
+compared, and a fault in float32 arithmetic would show in the many cases without a kink.
 
 Skipped when TensorFlow/Keras are not installed. About 30-40 s on two cores, most of it the two
 TensorFlow imports and the Keras training loops.
@@ -35,6 +37,7 @@ import secrets
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
@@ -86,5 +89,71 @@ def test_matches_live_keras(live_keras, dtype, group, name):
     try:
         cmp.assert_ok()
     except AssertionError as exc:
+        kink = relu_kink(live_keras, group, spec) if dtype == "float32" else None
+        if kink:
+            pytest.skip(f"float32 decided by a ReLU kink ({kink}); NNLITE_LIVE_SEED={SEED}")
         raise AssertionError(
             f"{exc}\ncase spec: {spec}\nreproduce with NNLITE_LIVE_SEED={SEED}") from None
+
+
+def relu_kink(directory, group: str, spec: dict) -> str | None:
+    """Where a ReLU pre-activation of the case's float64 run lies within float32 rounding of
+    zero (``|z| < ε₃₂ · (|a|·|W| + |b|)``, the rounding scale of its sum), as ``"step S,
+    layer L: z = …, scale …"``; None when none does, or for groups without Dense ReLUs.
+
+    The float64 run is nnlite's (equal to Keras's within the float64 tolerance, which the
+    float64 case checks), stepped by ``train_on_batch`` through the batches ``fit`` or the
+    MLP case trains on, with the weights read before each step.
+    """
+    if group not in ("mlp", "fit") or "relu" not in spec["activations"]:
+        return None
+    shared = mr.load_shared(str(directory))
+    with reference.floatx("float64"):
+        model = reference._model(spec, directory, "float64")
+        if group == "mlp":
+            bs = spec["batch_size"]
+            x, labels = mr.mnist_batch(shared[f"idx/{spec['batches']}"][:spec["steps"] * bs],
+                                       "float64")
+            batches = [slice(s * bs, (s + 1) * bs) for s in range(spec["steps"])]
+        else:
+            x, labels = mr.mnist_batch(shared[f"idx/{spec['batches']}"][:spec["n_train"]],
+                                       "float64")
+            bs, n = spec["batch_size"], spec["n_train"]
+            batches = [slice(s, min(s + bs, n)) for s in range(0, n, bs)] * spec["epochs"]
+        y = mr.targets(labels, spec["target"], "float64")
+        eps = float(np.finfo(np.float32).eps)
+        for step, rows in enumerate(batches, start=1):
+            weights = model.get_weights()
+            a = x[rows]
+            for layer, act in enumerate(spec["activations"]):
+                kernel, bias = weights[2 * layer], weights[2 * layer + 1]
+                z = a @ kernel + bias
+                if act == "relu":
+                    scale = eps * (np.abs(a) @ np.abs(kernel) + np.abs(bias))
+                    ratio = np.abs(z) / scale
+                    if ratio.min() < 1:
+                        at = np.unravel_index(ratio.argmin(), ratio.shape)
+                        return (f"step {step}, layer {layer}: z = {z[at]:.2g}, "
+                                f"scale {scale[at]:.2g}")
+                a = ACTIVATIONS[act](z)
+            model.train_on_batch(x[rows], y[rows])
+    return None
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+ACTIVATIONS = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "linear": lambda z: z,
+               "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "softmax": _softmax}
+
+
+def test_relu_kink_finds_the_known_case(tmp_path):
+    """Seed 1297341437's float32 MLP case (the failure that motivated the skip) has a kink at
+    step 2 of its first layer; the same seed's other MLP cases have none."""
+    spec = mr.make_spec(1297341437)
+    mr.write_npz(tmp_path / "shared.npz", mr.make_shared(spec))
+    found = {case["name"]: relu_kink(tmp_path, "mlp", case) for case in spec["mlp"]}
+    assert found.pop("2_relu-sigmoid-softmax").startswith("step 2, layer 0: z = 1.9e-08")
+    assert not any(found.values()), found
