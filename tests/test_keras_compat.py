@@ -243,3 +243,22 @@ def test_custom_loop_matches_the_model(mnist_small):
         assert model_loss == pytest.approx(float(loss), rel=1e-5)
     for got, want in zip(model.get_weights(), params):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_readme_keras_example_runs(tmp_path, monkeypatch, capsys):
+    """README.md's Keras-style example, verbatim but for one epoch instead of five: it trains,
+    evaluates, saves and loads the model, which then scores the same accuracy."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```python\nimport nnlite as keras\n") + len("```python\n")
+    code = readme[start:readme.index("```", start)]
+    assert "epochs=5" in code and "load_model" in code
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code.replace("epochs=5", "epochs=1"), "README.md", "exec"), namespace)
+    capsys.readouterr()
+    assert namespace["accuracy"] > 0.9
+    x_test, y_test = namespace["x_test"], namespace["y_test"]
+    assert namespace["model"].evaluate(x_test, y_test, verbose=0)[1] == namespace["accuracy"]
+    assert (tmp_path / "mnist.keras").exists()
