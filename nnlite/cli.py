@@ -94,14 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                        help="0 silent, 1 progress bar, 2 one line per epoch (default: 2)")
     train.add_argument("--save", metavar="PATH", default=None,
-                       help="write the trained weights to PATH (.npz)")
+                       help="write the trained model to PATH: the whole model when PATH ends "
+                       "in .keras (read by nnlite.models.load_model and `evaluate --model`), "
+                       "else its weights (.npz, read by `evaluate --weights`)")
     _add_runtime_args(train)
 
-    evaluate = sub.add_parser("evaluate", help="evaluate saved weights on the MNIST test set",
-                              description="Evaluate weights written by `nnlite train --save`; "
-                              "the layer widths are read from the file.")
-    evaluate.add_argument("--weights", metavar="PATH", required=True,
-                          help="weights file written by `nnlite train --save`")
+    evaluate = sub.add_parser("evaluate", help="evaluate a saved model on the MNIST test set",
+                              description="Evaluate a model or weights written by `nnlite "
+                              "train --save`; the layer widths are read from the file.")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", metavar="PATH",
+                        help="weights file (.npz) written by `nnlite train --save`")
+    source.add_argument("--model", metavar="PATH",
+                        help="whole model written by `nnlite train --save PATH.keras` or "
+                        "model.save")
     evaluate.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                           help="hidden activation the weights were trained with (default: relu)")
     evaluate.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -193,8 +199,12 @@ def cmd_train(args) -> int:
     print(f"Training time: {seconds:.1f} s ({seconds / args.epochs:.2f} s/epoch)")
     print(f"Test loss: {loss:.4f} - Test accuracy: {accuracy:.4f}")
     if args.save:
-        model.save_weights(args.save)
-        print(f"Weights saved to {args.save}")
+        if args.save.endswith(".keras"):
+            model.save(args.save)
+            print(f"Model saved to {args.save}")
+        else:
+            model.save_weights(args.save)
+            print(f"Weights saved to {args.save}")
     return 0
 
 
@@ -202,6 +212,31 @@ def cmd_evaluate(args) -> int:
     import nnlite
 
     nnlite.config.set_floatx(args.dtype)
+    model = _saved_model(args.model) if args.model else _mlp_from_weights(args)
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    _, (x_test, y_test) = _load_mnist(args.limit, args.dtype)
+    x_test = x_test.reshape((-1,) + model.input_shape[1:])
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
+    print(f"Test loss: {loss:.4f} - Test accuracy: {accuracy:.4f}")
+    return 0
+
+
+def _saved_model(path: str):
+    """The model ``model.save`` wrote to ``path``, checked to map MNIST images to 10 classes."""
+    import nnlite
+
+    try:
+        model = nnlite.models.load_model(path, compile=False)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"nnlite evaluate: cannot read model {path!r}: {exc}") from None
+    if model.input_shape[1:] not in ((784,), (28, 28)) or model.output_shape[1:] != (10,):
+        raise SystemExit(f"nnlite evaluate: {path!r} does not map MNIST images to 10 classes "
+                         f"(input {model.input_shape}, output {model.output_shape})")
+    return model
+
+
+def _mlp_from_weights(args):
+    """The 784-...-10 MLP whose weights ``save_weights`` wrote to ``args.weights``."""
     try:
         with np.load(args.weights) as data:
             kernels = [data[k].shape for k in sorted(data.files) if k.endswith("/kernel")]
@@ -212,11 +247,7 @@ def cmd_evaluate(args) -> int:
                          f"(kernel shapes {kernels})")
     model = build_mlp([shape[1] for shape in kernels[:-1]], args.activation)
     model.load_weights(args.weights)
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    _, (x_test, y_test) = _load_mnist(args.limit, args.dtype)
-    loss, accuracy = model.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
-    print(f"Test loss: {loss:.4f} - Test accuracy: {accuracy:.4f}")
-    return 0
+    return model
 
 
 def cmd_sweep(args) -> int:

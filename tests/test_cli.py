@@ -97,6 +97,30 @@ def test_save_then_evaluate_reproduces_the_test_line(tmp_path, capsys):
     assert TEST_LINE.search(out).group(0) == trained
 
 
+def test_save_keras_then_evaluate_model_reproduces_the_test_line(tmp_path, capsys):
+    path = tmp_path / "mlp.keras"
+    status, out = run(["train", *QUICK, "--hidden", "32", "--save", str(path)], capsys)
+    assert status == 0
+    assert f"Model saved to {path}" in out
+    trained = TEST_LINE.search(out).group(0)
+    assert nnlite.models.load_model(path).optimizer.iterations > 0  # the whole model
+    status, out = run(["evaluate", "--model", str(path), "--limit", "1000",
+                       "--batch-size", "1000"], capsys)
+    assert status == 0
+    assert TEST_LINE.search(out).group(0) == trained
+
+
+def test_evaluate_model_rejects_unreadable_and_foreign_models(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["evaluate", "--model", str(tmp_path / "missing.keras")])
+    assert "cannot read model" in str(info.value.code)
+    foreign = tmp_path / "foreign.keras"
+    nnlite.Sequential([nnlite.Input((20,)), nnlite.layers.Dense(3)]).save(foreign)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["evaluate", "--model", str(foreign)])
+    assert "does not map MNIST images to 10 classes" in str(info.value.code)
+
+
 def test_save_writes_the_trained_architecture(tmp_path, capsys):
     path = tmp_path / "mlp.npz"
     status, _ = run(["train", "--limit", "300", "--epochs", "1", "--hidden", "32,16",
@@ -150,6 +174,7 @@ def test_top_level_help_lists_the_commands(capsys):
     (["train", "--activation", "gelu"], "--activation"),
     (["train", "--dtype", "float16"], "--dtype"),
     (["evaluate"], "--weights"),
+    (["evaluate", "--weights", "w.npz", "--model", "m.keras"], "not allowed with"),
     ([], "command"),
 ])
 def test_bad_arguments_exit_with_code_2(argv, complaint, capsys):
