@@ -85,27 +85,18 @@ def test_train_options_change_the_model(capsys):
     assert TEST_LINE.search(out)
 
 
-def test_save_then_evaluate_reproduces_the_test_line(tmp_path, capsys):
-    path = tmp_path / "mlp.npz"
+@pytest.mark.parametrize("name, saved, flag", [("mlp.npz", "Weights", "--weights"),
+                                               ("mlp.keras", "Model", "--model")])
+def test_save_then_evaluate_reproduces_the_test_line(tmp_path, capsys, name, saved, flag):
+    path = tmp_path / name
     status, out = run(["train", *QUICK, "--hidden", "32", "--save", str(path)], capsys)
     assert status == 0
-    assert f"Weights saved to {path}" in out
+    assert f"{saved} saved to {path}" in out
     trained = TEST_LINE.search(out).group(0)
-    status, out = run(["evaluate", "--weights", str(path), "--limit", "1000",
-                       "--batch-size", "1000"], capsys)
-    assert status == 0
-    assert TEST_LINE.search(out).group(0) == trained
-
-
-def test_save_keras_then_evaluate_model_reproduces_the_test_line(tmp_path, capsys):
-    path = tmp_path / "mlp.keras"
-    status, out = run(["train", *QUICK, "--hidden", "32", "--save", str(path)], capsys)
-    assert status == 0
-    assert f"Model saved to {path}" in out
-    trained = TEST_LINE.search(out).group(0)
-    assert nnlite.models.load_model(path).optimizer.iterations > 0  # the whole model
-    status, out = run(["evaluate", "--model", str(path), "--limit", "1000",
-                       "--batch-size", "1000"], capsys)
+    if flag == "--model":
+        assert nnlite.models.load_model(path).optimizer.iterations > 0  # the whole model
+    status, out = run(["evaluate", flag, str(path), "--limit", "1000", "--batch-size", "1000"],
+                      capsys)
     assert status == 0
     assert TEST_LINE.search(out).group(0) == trained
 
