@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nnlite import optimizers
-from nnlite.optimizers import SGD, Adam, RMSprop
+from nnlite.optimizers import SGD, Adam, RMSprop, schedules
 
 
 def F32(value):
@@ -507,3 +507,61 @@ def test_get_config_round_trip():
     assert config["momentum"] == 0.5 and config["centered"] is True
     clone = RMSprop(**config)
     assert clone.get_config() == config
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+# (values against Keras: tests/reference, group "optimizers", the *_decay / *_constant cases)
+
+SCHEDULES = [
+    schedules.ExponentialDecay(0.1, 3, 0.7, staircase=True),
+    schedules.PiecewiseConstantDecay([2, 5], [0.1, 0.05, 0.01]),
+    schedules.PolynomialDecay(0.01, 4, 0.001, power=0.5, cycle=True),
+    schedules.InverseTimeDecay(0.01, 2, 0.5),
+    schedules.CosineDecay(0.0, 5, warmup_target=0.01, warmup_steps=3),
+]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: type(s).__name__)
+def test_schedule_config_round_trip_and_float32_values(schedule):
+    clone = type(schedule)(**schedule.get_config())
+    assert clone.get_config() == schedule.get_config()
+    assert repr(clone) == repr(schedule)
+    for step in range(12):
+        value = schedule(step)
+        assert type(value) is float and value == clone(step)
+        assert float(np.float32(value)) == value  # evaluated in float32, as Keras does
+
+
+def test_schedule_values_by_hand():
+    s = schedules
+    assert [s.ExponentialDecay(1.0, 2, 0.5, staircase=True)(k) for k in range(5)] == [
+        1.0, 1.0, 0.5, 0.5, 0.25]
+    assert [s.PiecewiseConstantDecay([2, 5], [3.0, 2.0, 1.0])(k) for k in (0, 2, 3, 5, 6)] == [
+        3.0, 3.0, 2.0, 2.0, 1.0]
+    assert [s.PolynomialDecay(1.0, 4, 0.0)(k) for k in (0, 2, 4, 9)] == [1.0, 0.5, 0.0, 0.0]
+    assert s.PolynomialDecay(1.0, 4, 0.0, cycle=True)(6) == 0.25  # decay_steps stretched to 8
+    assert s.InverseTimeDecay(1.0, 1, 1.0)(3) == 0.25
+    cosine = s.CosineDecay(1.0, 4, alpha=0.5)
+    assert [cosine(k) for k in (0, 2, 4, 10)] == [1.0, 0.75, 0.5, 0.5]
+    warm = s.CosineDecay(0.0, 2, warmup_target=1.0, warmup_steps=2)
+    assert [warm(k) for k in (0, 1, 2, 4)] == [0.0, 0.5, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda s: s.ExponentialDecay(0.1, 0, 0.5), r"ExponentialDecay: expected `decay_steps` > 0"),
+    (lambda s: s.PolynomialDecay(0.1, -1), r"PolynomialDecay: expected `decay_steps` > 0"),
+    (lambda s: s.PiecewiseConstantDecay([1, 2], [0.1, 0.2]),
+     r"boundaries should be 1 less than the length of values"),
+])
+def test_schedule_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make(schedules)
+
+
+def test_an_optimizer_steps_with_its_schedule():
+    schedule = schedules.PiecewiseConstantDecay([1], [1.0, 0.5])
+    opt = SGD(learning_rate=schedule)
+    p = np.zeros(2)
+    for _ in range(3):
+        opt.apply_gradients([(np.ones(2), p)])
+    np.testing.assert_array_equal(p, [-2.5, -2.5])  # rates 1.0, 1.0, 0.5: step ≤ 1 is the first

@@ -131,7 +131,21 @@ def test_load_without_compiling(tmp_path):
     assert not load_model(tmp_path / "m.keras", compile=False).compiled
 
 
+def test_a_schedule_object_is_saved_and_training_resumes_on_it(tmp_path):
+    x, y = _data()
+    schedule = nnlite.optimizers.schedules.ExponentialDecay(0.05, decay_steps=7, decay_rate=0.5)
+    model = _mlp(nnlite.optimizers.SGD(learning_rate=schedule, momentum=0.9))
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert repr(loaded.optimizer.learning_rate) == repr(schedule)
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    assert _same_weights(model, loaded)
+
+
 def test_a_learning_rate_schedule_is_saved_as_its_current_value(tmp_path):
+    """A plain callable (not a schedule object) cannot be saved: its current value is."""
     model = _mlp(nnlite.optimizers.SGD(learning_rate=lambda step: 0.1 / (step + 1)))
     with pytest.warns(UserWarning, match=r"schedule \(a callable\).*current value 0\.1"):
         model.save(tmp_path / "m.keras")

@@ -34,6 +34,7 @@ from nnlite import metrics as metrics_module
 from nnlite import optimizers as optimizers_module
 from nnlite._files import atomic_write
 from nnlite.backend import get_backend
+from nnlite.optimizers import schedules
 
 FORMAT = "nnlite-model"
 FORMAT_VERSION = 1
@@ -128,8 +129,14 @@ def load_model(filepath, compile: bool = True):  # noqa: A002 - Keras's argument
     model.set_weights([weights[k] for k in sorted(weights)])
     compile_config = config.get("compile_config")
     if compile and compile_config is not None:
+        optimizer = compile_config["optimizer"]
+        lr = optimizer["config"].get("learning_rate")
+        if isinstance(lr, dict):
+            optimizer = {**optimizer, "config": {
+                **optimizer["config"],
+                "learning_rate": _deserialize(lr, schedules, "learning-rate schedule")}}
         model.compile(
-            optimizer=_deserialize(compile_config["optimizer"], optimizers_module, "optimizer"),
+            optimizer=_deserialize(optimizer, optimizers_module, "optimizer"),
             loss=_deserialize(compile_config["loss"], losses_module, "loss"),
             metrics=[_deserialize(m, metrics_module, "metric")
                      for m in compile_config["metrics"]],
@@ -158,7 +165,10 @@ def _deserialize(entry: dict, module, what: str):
 
 def _compile_config(model) -> dict:
     optimizer = _serialize(model.optimizer, "optimizer")
-    if callable(model.optimizer.learning_rate):
+    lr = model.optimizer.learning_rate
+    if isinstance(lr, schedules.LearningRateSchedule):
+        optimizer["config"]["learning_rate"] = _serialize(lr, "learning-rate schedule")
+    elif callable(lr):
         warnings.warn(
             f"{model.name}.save: the optimizer's learning rate is a schedule (a callable), "
             "which cannot be saved; the archive keeps its current value "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from nnlite.optimizers import schedules
 from nnlite.optimizers.adam import Adam
 from nnlite.optimizers.base import Optimizer
 from nnlite.optimizers.rmsprop import RMSprop
 from nnlite.optimizers.sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get"]
+__all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get", "schedules"]
 
 _ALIASES = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
 

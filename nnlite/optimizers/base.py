@@ -28,7 +28,8 @@ class Optimizer:
     model weights: a learner can write the training step by hand.
 
     Args:
-        learning_rate: a float, or a callable ``schedule(iterations) -> float``.
+        learning_rate: a float, or a callable ``schedule(iterations) -> float`` such as
+            the :mod:`nnlite.optimizers.schedules` classes.
         name: optimizer name.
 
     Attributes:

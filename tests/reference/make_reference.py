@@ -17,8 +17,9 @@ Groups (each case in float64 and float32):
                 with respect to x, kernel and bias (Keras's own tf.GradientTape)
     losses      each loss from logits and from probabilities (incl. clipped and unnormalised
                 rows), sparse and one-hot targets: value and gradient w.r.t. y_pred
-    optimizers  SGD, SGD momentum, SGD Nesterov, Adam, RMSprop (plain, momentum, centered):
-                10 steps on fixed, per-step different gradients; the variables after each step
+    optimizers  SGD, SGD momentum, SGD Nesterov, Adam, RMSprop (plain, momentum, centered),
+                and each learning-rate schedule: 10 steps on fixed, per-step different
+                gradients; the variables after each step (and a schedule's rate at each step)
     mlp         Sequential models trained with train_on_batch on real MNIST batches from
                 stored initial weights: loss and accuracy at every step, weights at snapshots
     fit         fit(shuffle=False, validation_data=...) runs, some with ReduceLROnPlateau and
@@ -75,6 +76,17 @@ SCHEDULES = {
 }
 
 
+def make_optimizer(module, spec: dict):
+    """A case's optimizer from ``module.optimizers`` (``keras`` or ``nnlite``): ``{"class",
+    "kwargs"}``, with ``"schedule": {"class", "kwargs"}`` for a learning-rate schedule."""
+    kwargs = dict(spec["kwargs"])
+    if spec.get("schedule"):
+        schedule = spec["schedule"]
+        kwargs["learning_rate"] = getattr(module.optimizers.schedules, schedule["class"])(
+            **schedule["kwargs"])
+    return getattr(module.optimizers, spec["class"])(**kwargs)
+
+
 def make_callbacks(module, specs: list) -> list:
     """A fit case's callbacks from ``module.callbacks`` (``keras`` or ``nnlite``): each spec is
     ``{"class", "kwargs"}``, with ``"schedule"`` naming one of SCHEDULES."""
@@ -125,6 +137,32 @@ def _canonical_spec() -> dict:
     ]):
         optimizers.append({"name": name, "class": cls, "kwargs": kwargs, "steps": 10,
                            "shapes": [[7, 5], [5]], "seed": 40 + i})
+    # Learning-rate schedules (Keras evaluates them in float32 whatever floatx is), each over
+    # its transitions within the 10 steps.
+    for i, (name, cls, schedule, kwargs) in enumerate([
+        ("sgd_exponential_decay_staircase", "SGD", ("ExponentialDecay", {
+            "initial_learning_rate": 0.1, "decay_steps": 3, "decay_rate": 0.7,
+            "staircase": True}), {}),
+        ("adam_exponential_decay", "Adam", ("ExponentialDecay", {
+            "initial_learning_rate": 0.01, "decay_steps": 4, "decay_rate": 0.3}), {}),
+        ("sgd_piecewise_constant", "SGD", ("PiecewiseConstantDecay", {
+            "boundaries": [2, 5], "values": [0.1, 0.05, 0.01]}), {"momentum": 0.9}),
+        ("rmsprop_polynomial_cycle", "RMSprop", ("PolynomialDecay", {
+            "initial_learning_rate": 0.01, "decay_steps": 4, "end_learning_rate": 0.001,
+            "power": 0.5, "cycle": True}), {}),
+        ("sgd_polynomial", "SGD", ("PolynomialDecay", {
+            "initial_learning_rate": 0.1, "decay_steps": 6, "power": 2.0}), {}),
+        ("adam_inverse_time_decay", "Adam", ("InverseTimeDecay", {
+            "initial_learning_rate": 0.01, "decay_steps": 2, "decay_rate": 0.5}), {}),
+        ("sgd_cosine_decay", "SGD", ("CosineDecay", {
+            "initial_learning_rate": 0.1, "decay_steps": 7, "alpha": 0.1}), {}),
+        ("adam_cosine_warmup", "Adam", ("CosineDecay", {
+            "initial_learning_rate": 0.0, "decay_steps": 5, "warmup_target": 0.01,
+            "warmup_steps": 3}), {}),
+    ]):
+        optimizers.append({"name": name, "class": cls, "kwargs": kwargs,
+                           "schedule": {"class": schedule[0], "kwargs": schedule[1]},
+                           "steps": 10, "shapes": [[7, 5], [5]], "seed": 60 + i})
     big = {"units": [64, 32, 10], "activations": ["relu", "relu", "softmax"],
            "loss": {"class": "SparseCategoricalCrossentropy", "kwargs": {}}, "target": "sparse",
            "batch_size": 32, "steps": 50, "snapshots": [1, 10, 50], "init": "mlp",
@@ -665,7 +703,7 @@ def _worker(dtype: str, spec: dict, shared_path: str, out_dir: str) -> None:
         write_npz(out / f"{group}.npz", arrays)
 
     def build_optimizer(opt: dict):
-        return getattr(keras.optimizers, opt["class"])(**opt["kwargs"])
+        return make_optimizer(keras, opt)
 
     # -- Dense with each activation: GradientTape of sum(dy * y) -------------------------------
     arrays = {}
@@ -714,10 +752,14 @@ def _worker(dtype: str, spec: dict, shared_path: str, out_dir: str) -> None:
         variables = [keras.Variable(w) for w in initial]
         optimizer = build_optimizer(case)
         trajectory = [[] for _ in variables]
+        rates = []
         for step_grads in grads:
+            rates.append(float(optimizer.learning_rate))  # a schedule's value at this step
             optimizer.apply_gradients(zip([tf.constant(g) for g in step_grads], variables))
             for history, variable in zip(trajectory, variables):
                 history.append(np.array(variable.numpy()))
+        if "schedule" in case:
+            arrays[f"{case['name']}/learning_rate"] = np.array(rates, dtype=np.float64)
         for i, (w, history) in enumerate(zip(initial, trajectory)):
             arrays[f"{case['name']}/initial/{i}"] = w
             arrays[f"{case['name']}/grads/{i}"] = np.stack([g[i] for g in grads])
