@@ -4,12 +4,14 @@ Each run draws a fresh spec with ``make_reference.make_spec(seed)``: random shap
 losses and targets, optimizers and their hyperparameters, MLP architectures (activations, heads,
 losses, initial-weight scale), fit sizes, batch sizes and epochs, the fit's learning-rate
 callbacks (ReduceLROnPlateau, LearningRateScheduler: either, both or neither, random settings),
-EarlyStopping sequences, and LSTM layers (shapes, activation, bias, return_sequences) and a short
-LSTM training run: 31 cases per dtype, 62 in all. Keras computes them with the fixture
-generator's own workers (one subprocess per dtype, run in parallel: Keras fixes its dtype policy
-when its first layer is created, so float64 and float32 cannot share a process, and this keeps
-TensorFlow out of the test process), and every case is replayed and compared exactly as
-``test_reference.py`` compares the committed fixtures (same tolerances and measures).
+learning-rate schedules (two optimizer cases; a piecewise-constant one for some fits without
+callbacks), EarlyStopping sequences, and LSTM layers (shapes, activation, bias,
+return_sequences) and a short LSTM training run: 33 cases per dtype, 66 in all. Keras computes
+them with the fixture generator's own workers (one subprocess per dtype, run in parallel: Keras
+fixes its dtype policy when its first layer is created, so float64 and float32 cannot share a
+process, and this keeps TensorFlow out of the test process), and every case is replayed and
+compared exactly as ``test_reference.py`` compares the committed fixtures (same tolerances and
+measures).
 
 The seed is new at every run; a failure names it. Reproduce with
 ``NNLITE_LIVE_SEED=<seed> python -m pytest tests/test_reference_live.py``.

@@ -415,7 +415,50 @@ def make_spec(seed: int | None = None) -> dict:
                           "schedule": str(rng.choice(sorted(SCHEDULES)))})
     fit[0]["callbacks"] = callbacks
     fit[0]["epochs"] += len(callbacks)  # time for the rates to change
+    # Learning-rate schedules, drawn last too: two optimizer cases each driven by a random
+    # schedule (replayed on Keras's rates, every rate compared), and for a fit without
+    # callbacks (which cannot set a schedule's rate) sometimes a piecewise-constant one, whose
+    # rates are exact (the others' float32 pow and cos round apart from TensorFlow's by ulps).
+    for i in range(2):
+        opt = _random_optimizer(rng)
+        opt["schedule"] = _random_schedule(rng, opt["kwargs"]["learning_rate"])
+        optimizers.append({"name": f"{8 + i}_{opt['class']}_{opt['schedule']['class']}", **opt,
+                           "steps": int(rng.integers(3, 13)), "shapes": [[3, 4], [4]],
+                           "seed": sub_seed()})
+    if not callbacks and rng.integers(2):
+        lr = fit[0]["optimizer"]["kwargs"]["learning_rate"]
+        fit[0]["optimizer"]["schedule"] = _random_schedule(rng, lr, "PiecewiseConstantDecay")
     return {**spec, "lstm": lstm}
+
+
+def _random_schedule(rng, lr: float, cls: str | None = None) -> dict:
+    """One of the learning-rate schedules, starting near ``lr``, with random settings that
+    make it change within a few steps."""
+    cls = cls or str(rng.choice(["ExponentialDecay", "PiecewiseConstantDecay", "PolynomialDecay",
+                                 "InverseTimeDecay", "CosineDecay"]))
+    steps = int(rng.integers(1, 7))
+    if cls == "ExponentialDecay":
+        kwargs = {"initial_learning_rate": lr, "decay_steps": steps,
+                  "decay_rate": float(rng.uniform(0.2, 0.95)), "staircase": bool(rng.integers(2))}
+    elif cls == "PiecewiseConstantDecay":
+        boundaries = sorted({int(b) for b in rng.integers(1, 10, size=int(rng.integers(1, 4)))})
+        values = [lr * float(rng.uniform(0.2, 1.5)) for _ in range(len(boundaries) + 1)]
+        kwargs = {"boundaries": boundaries, "values": values}
+    elif cls == "PolynomialDecay":
+        kwargs = {"initial_learning_rate": lr, "decay_steps": steps,
+                  "end_learning_rate": lr * float(rng.uniform(0, 0.3)),
+                  "power": float(rng.choice([0.5, 1.0, 2.0, 3.0])),
+                  "cycle": bool(rng.integers(2))}
+    elif cls == "InverseTimeDecay":
+        kwargs = {"initial_learning_rate": lr, "decay_steps": steps,
+                  "decay_rate": float(rng.uniform(0.1, 2.0)), "staircase": bool(rng.integers(2))}
+    else:
+        kwargs = {"initial_learning_rate": lr, "decay_steps": steps,
+                  "alpha": float(rng.uniform(0, 0.5))}
+        if rng.integers(2):
+            kwargs.update(initial_learning_rate=lr * float(rng.choice([0.0, 0.1])),
+                          warmup_target=lr, warmup_steps=int(rng.integers(1, 5)))
+    return {"class": cls, "kwargs": kwargs}
 
 
 def case_specs(spec: dict, group: str) -> dict:
