@@ -104,7 +104,8 @@ def load_model(filepath, compile: bool = True):  # noqa: A002 - Keras's argument
         archive = zipfile.ZipFile(filepath)
     except zipfile.BadZipFile:
         raise ValueError(f"load_model: {filepath!r} is not an nnlite model archive (not a zip "
-                         "file); weights written by save_weights load with load_weights")
+                         "file); weights written by save_weights load with load_weights"
+                         ) from None
     with archive:
         names = set(archive.namelist())
         metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}

@@ -21,16 +21,18 @@ import numpy as np
 __all__ = ["LearningRateSchedule", "ExponentialDecay", "PiecewiseConstantDecay",
            "PolynomialDecay", "InverseTimeDecay", "CosineDecay"]
 
-f32 = np.float32
+_f32 = np.float32
 
 
 class LearningRateSchedule:
     """Base class: subclasses define ``__call__(step)`` and ``get_config()``."""
 
     def __call__(self, step) -> float:  # pragma: no cover - abstract
+        """The learning rate for the update after ``step`` updates (float32, as a float)."""
         raise NotImplementedError
 
     def get_config(self) -> dict:  # pragma: no cover - abstract
+        """Constructor arguments, as Keras's ``get_config``."""
         raise NotImplementedError
 
     def __repr__(self):
@@ -56,7 +58,7 @@ class _RatioDecay(LearningRateSchedule):
         self.name = name or type(self).__name__
 
     def _ratio(self, step):
-        p = f32(step) / f32(self.decay_steps)
+        p = _f32(step) / _f32(self.decay_steps)
         return np.floor(p) if self.staircase else p
 
     def get_config(self) -> dict:
@@ -70,8 +72,8 @@ class ExponentialDecay(_RatioDecay):
     with ``staircase``)."""
 
     def __call__(self, step) -> float:
-        return float(f32(self.initial_learning_rate)
-                     * np.power(f32(self.decay_rate), self._ratio(step)))
+        return float(_f32(self.initial_learning_rate)
+                     * np.power(_f32(self.decay_rate), self._ratio(step)))
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -90,10 +92,10 @@ class PiecewiseConstantDecay(LearningRateSchedule):
 
     def __call__(self, step) -> float:
         # Keras casts the boundaries to the step's integer type (a float boundary truncates).
-        bounds = [int(b) if isinstance(b, (int, np.integer)) else int(f32(b))
+        bounds = [int(b) if isinstance(b, (int, np.integer)) else int(_f32(b))
                   for b in self.boundaries]
         index = sum(step > b for b in bounds)
-        return float(f32(self.values[index]))
+        return float(_f32(self.values[index]))
 
     def get_config(self) -> dict:
         return {"boundaries": self.boundaries, "values": self.values, "name": self.name}
@@ -115,15 +117,15 @@ class PolynomialDecay(LearningRateSchedule):
         self.name = name
 
     def __call__(self, step) -> float:
-        initial, end = f32(self.initial_learning_rate), f32(self.end_learning_rate)
-        global_step, decay_steps = f32(step), f32(self.decay_steps)
+        initial, end = _f32(self.initial_learning_rate), _f32(self.end_learning_rate)
+        global_step, decay_steps = _f32(step), _f32(self.decay_steps)
         if self.cycle:
-            multiplier = f32(1) if global_step == 0 else np.ceil(global_step / decay_steps)
+            multiplier = _f32(1) if global_step == 0 else np.ceil(global_step / decay_steps)
             decay_steps = decay_steps * multiplier
         else:
             global_step = min(global_step, decay_steps)
         p = global_step / decay_steps
-        return float((initial - end) * np.power(f32(1) - p, f32(self.power)) + end)
+        return float((initial - end) * np.power(_f32(1) - p, _f32(self.power)) + end)
 
     def get_config(self) -> dict:
         return {"initial_learning_rate": self.initial_learning_rate,
@@ -136,8 +138,8 @@ class InverseTimeDecay(_RatioDecay):
     floor with ``staircase``)."""
 
     def __call__(self, step) -> float:
-        return float(f32(self.initial_learning_rate)
-                     / (f32(1) + f32(self.decay_rate) * self._ratio(step)))
+        return float(_f32(self.initial_learning_rate)
+                     / (_f32(1) + _f32(self.decay_rate) * self._ratio(step)))
 
 
 class CosineDecay(LearningRateSchedule):
@@ -157,15 +159,15 @@ class CosineDecay(LearningRateSchedule):
         self.warmup_steps = warmup_steps
 
     def _decay(self, step, decay_steps, decay_from):
-        cosine = f32(0.5) * (f32(1) + np.cos(f32(math.pi) * (step / decay_steps)))
-        return decay_from * (f32(1 - self.alpha) * cosine + f32(self.alpha))
+        cosine = _f32(0.5) * (_f32(1) + np.cos(_f32(math.pi) * (step / decay_steps)))
+        return decay_from * (_f32(1 - self.alpha) * cosine + _f32(self.alpha))
 
     def __call__(self, step) -> float:
-        initial = f32(self.initial_learning_rate)
-        decay_steps, global_step = f32(self.decay_steps), f32(step)
+        initial = _f32(self.initial_learning_rate)
+        decay_steps, global_step = _f32(self.decay_steps), _f32(step)
         if self.warmup_target is None:
             return float(self._decay(min(global_step, decay_steps), decay_steps, initial))
-        target, warmup_steps = f32(self.warmup_target), f32(self.warmup_steps)
+        target, warmup_steps = _f32(self.warmup_target), _f32(self.warmup_steps)
         global_step = min(global_step, decay_steps + warmup_steps)
         if global_step < warmup_steps:
             return float((target - initial) * (global_step / warmup_steps) + initial)
