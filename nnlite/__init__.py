@@ -38,7 +38,7 @@ from nnlite import (  # noqa: E402
 )
 from nnlite.backend import get_backend, set_backend  # noqa: E402
 from nnlite.layers import Input  # noqa: E402
-from nnlite.models import Sequential  # noqa: E402
+from nnlite.models import Sequential, saving  # noqa: E402  (saving: keras.saving.load_model)
 
 __version__ = "0.1.0"
 
@@ -57,6 +57,7 @@ __all__ = [
     "metrics",
     "models",
     "optimizers",
+    "saving",
     "utils",
     "get_backend",
     "set_backend",
