@@ -171,6 +171,8 @@ def build_mlp(hidden, activation: str, seed: int | None = None):
 
 
 def cmd_train(args) -> int:
+    """``nnlite train``: train an MLP on MNIST, print the test loss and accuracy, save it on
+    request; returns the exit status."""
     import nnlite
 
     if not 0 <= args.validation_split < 1:
@@ -209,6 +211,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """``nnlite evaluate``: score a saved model or saved weights on the MNIST test set; returns the
+    exit status."""
     import nnlite
 
     nnlite.config.set_floatx(args.dtype)
@@ -251,6 +255,8 @@ def _mlp_from_weights(args):
 
 
 def cmd_sweep(args) -> int:
+    """``nnlite sweep``: train every hidden size × learning rate, write the tables and the heatmap;
+    returns the exit status."""
     from nnlite.sweep import run_sweep, sweep_markdown
 
     if not 0 <= args.validation_split < 1:
@@ -270,6 +276,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    """``nnlite bench``: run the benchmark harness (:mod:`nnlite.bench`); returns its status."""
     from nnlite.bench.cli import run
 
     return run(args)

@@ -72,6 +72,8 @@ class Initializer:
         return np.ascontiguousarray(self.sample(shape, rng), dtype=dtype)
 
     def sample(self, shape, rng):  # pragma: no cover - abstract
+        """Values of ``shape`` (float64, any layout) drawn with the NumPy Generator ``rng``;
+        ``__call__`` casts them to the parameter's dtype."""
         raise NotImplementedError
 
     def get_config(self) -> dict:

@@ -30,6 +30,9 @@ class Flatten(Layer):
 class Reshape(Layer):
     """Reshape each sample to ``target_shape`` (one entry may be −1), as ``keras.layers.Reshape``.
 
+    Math:
+        forward   y = reshape(x, (N,) + target_shape)        backward  dx = reshape(dy, x.shape)
+
     Example:
         ``Reshape((28, 28))`` turns flat MNIST rows (N, 784) into sequences (N, 28, 28).
     """
