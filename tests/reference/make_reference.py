@@ -68,9 +68,10 @@ GROUPS = ("dense", "losses", "optimizers", "mlp", "fit", "metrics", "lstm")
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
 SPEC_KEY = "__spec__"
 
-# The learning-rate schedules of the fit cases' LearningRateScheduler, by name: one definition
-# for the Keras worker and the nnlite replay. "step" is Keras 2's one-argument form.
-SCHEDULES = {
+# The epoch schedules of the fit cases' LearningRateScheduler callbacks, by name (one definition
+# for the Keras worker and the nnlite replay; "step" is Keras 2's one-argument form). The
+# optimizers' own per-step schedules are keras.optimizers.schedules objects: make_optimizer.
+EPOCH_SCHEDULES = {
     "exp_decay": lambda epoch, lr: lr * math.exp(-0.7 * epoch),
     "step": lambda epoch: 0.004 * 0.5 ** epoch,
 }
@@ -89,12 +90,12 @@ def make_optimizer(module, spec: dict):
 
 def make_callbacks(module, specs: list) -> list:
     """A fit case's callbacks from ``module.callbacks`` (``keras`` or ``nnlite``): each spec is
-    ``{"class", "kwargs"}``, with ``"schedule"`` naming one of SCHEDULES."""
+    ``{"class", "kwargs"}``, with ``"schedule"`` naming one of EPOCH_SCHEDULES."""
     made = []
     for spec in specs:
         kwargs = dict(spec.get("kwargs", {}))
         if "schedule" in spec:
-            kwargs["schedule"] = SCHEDULES[spec["schedule"]]
+            kwargs["schedule"] = EPOCH_SCHEDULES[spec["schedule"]]
         made.append(getattr(module.callbacks, spec["class"])(**kwargs))
     return made
 
@@ -412,7 +413,7 @@ def make_spec(seed: int | None = None) -> dict:
     if rng.integers(2):
         callbacks.insert(int(rng.integers(len(callbacks) + 1)),
                          {"class": "LearningRateScheduler",
-                          "schedule": str(rng.choice(sorted(SCHEDULES)))})
+                          "schedule": str(rng.choice(sorted(EPOCH_SCHEDULES)))})
     fit[0]["callbacks"] = callbacks
     fit[0]["epochs"] += len(callbacks)  # time for the rates to change
     # Learning-rate schedules, drawn last too: two optimizer cases each driven by a random
