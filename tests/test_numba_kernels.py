@@ -1089,17 +1089,22 @@ def test_gemm_packed_against_numpy(dtype, transposed):
 
 
 RULE_SCALARS = {"sgd": [0.05], "momentum": [0.05, 0.9], "nesterov": [0.05, 0.9],
-                "adam": [0.01, 0.1, 0.001, 1e-7]}
+                "adam": [0.01, 0.1, 0.001, 1e-7],
+                "rmsprop": [0.01, 0.9, 0.1, 1e-7, 0.0],
+                "rmsprop_momentum": [0.01, 0.8, 0.2, 1e-7, 0.5],
+                "rmsprop_centered": [0.01, 0.9, 0.1, 1e-7, 0.0]}
 
 
 # 13 -> 130 -> 129 (no bias) -> 4 softmax: two layers wide enough to split (MIN_COLUMNS = 64:
-# blocks of 65/65 and 64/65 columns), one that is not. Every rule and label form on one stack;
-# every other activation (a hidden softmax and a linear layer, whose y is its z, included)
-# with one of each.
+# blocks of 65/65 and 64/65 columns), one that is not. Every rule on one stack (the SGD and
+# Adam rules with both label forms); every other activation (a hidden softmax and a linear
+# layer, whose y is its z, included) with one of each.
 COLUMN_STACKS = {"relu-tanh": ("relu", "tanh"), "sigmoid-linear": ("sigmoid", "linear"),
                  "softmax-relu": ("softmax", "relu")}
-COLUMN_CASES = ([("relu-tanh", rule, onehot) for rule in sorted(RULE_SCALARS)
+COLUMN_CASES = ([("relu-tanh", rule, onehot) for rule in ("adam", "momentum", "nesterov", "sgd")
                  for onehot in (False, True)]
+                + [("relu-tanh", rule, False) for rule in ("rmsprop", "rmsprop_centered",
+                                                           "rmsprop_momentum")]
                 + [("sigmoid-linear", "adam", False), ("softmax-relu", "momentum", True)])
 
 
@@ -1127,7 +1132,7 @@ def test_dense_stack_train_columns(stack, batch, dtype, rule, onehot):
     plan = _stack_plan(dtype, batch, ((130, first, True), (129, second, False)), seed=7)
     scalars = np.array([RULE_SCALARS[rule]] * 3, dtype)
     start = plan.params.copy()
-    states = 2 if rule == "adam" else (0 if rule == "sgd" else 1)
+    states = {"sgd": 0, "momentum": 1, "nesterov": 1, "rmsprop": 1}.get(rule, 2)
 
     def run(call):
         plan.params[:] = start

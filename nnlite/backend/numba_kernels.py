@@ -485,13 +485,16 @@ def gather_rows(data, index, out):
 
 #: Update rules the compiled loop knows; ``scalars[s]`` holds step s's values, in this order:
 #:     sgd (lr)   momentum, nesterov (lr, μ)   adam (alpha_t, 1 − β₁, 1 − β₂, ε̂)
-SGD, MOMENTUM, NESTEROV, ADAM = range(4)
-RULES = {"sgd": SGD, "momentum": MOMENTUM, "nesterov": NESTEROV, "adam": ADAM}
+SGD, MOMENTUM, NESTEROV, ADAM, RMSPROP, RMSPROP_MOMENTUM, RMSPROP_CENTERED = range(7)
+RULES = {"sgd": SGD, "momentum": MOMENTUM, "nesterov": NESTEROV, "adam": ADAM,
+         "rmsprop": RMSPROP, "rmsprop_momentum": RMSPROP_MOMENTUM,
+         "rmsprop_centered": RMSPROP_CENTERED}
 
 gather_rows_serial = gather_rows.serial
 sgd_update_serial = sgd_update.serial
 sgd_momentum_update_serial = sgd_momentum_update.serial
 adam_update_serial = adam_update.serial
+rmsprop_update_serial = rmsprop_update.serial
 
 
 @bind()
@@ -567,10 +570,18 @@ def _gather_batch(data, targets, index, xb, tb, r0, r1):
 
 @numba.njit(cache=True, error_model="numpy")
 def _update(rule, params, grads, state1, state2, k, tiny, lo, hi):
-    """The update ``rule`` (:data:`RULES`) of elements lo … hi − 1 with the step's scalars k."""
+    """The update ``rule`` (:data:`RULES`) of elements lo … hi − 1 with the step's scalars k
+    (SGD: lr; momentum, Nesterov: lr, μ; Adam: alpha, 1 − β₁, 1 − β₂, ε̂; RMSprop: lr, ρ,
+    1 − ρ, ε, μ; the state: Adam's m, v, RMSprop's velocity and its momentum or its average
+    gradient)."""
     p, g = params[lo:hi], grads[lo:hi]
     if rule == ADAM:
         adam_update_serial(p, g, state1[lo:hi], state2[lo:hi], k[0], k[1], k[2], k[3], tiny)
+    elif rule >= RMSPROP:
+        # state2 is the momentum (RMSPROP_MOMENTUM) or the average gradient (RMSPROP_CENTERED).
+        rmsprop_update_serial(p, g, state1[lo:hi], k[0], k[1], k[2], k[3], k[4], state2[lo:hi],
+                              rule == RMSPROP_MOMENTUM, state2[lo:hi], rule == RMSPROP_CENTERED,
+                              tiny)
     elif rule == SGD:
         sgd_update_serial(p, g, k[0])
     else:

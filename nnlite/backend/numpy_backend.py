@@ -147,7 +147,8 @@ class Backend:
         batch size; the batch is gathered into ``plan.x``) with :meth:`dense_stack_step`, writes
         its loss to ``losses[s]`` (and to ``correct[s]``, when given, how many predictions
         Keras's accuracy counts as right), then applies ``updates = (rule, state, scalars)`` to
-        the packed parameters with ``scalars[s]`` (see ``Optimizer.compiled_updates``). Stops
+        the packed parameters with ``scalars[s]`` (see ``Optimizer.compiled_updates``; the rules:
+        SGD, momentum, Nesterov, Adam, RMSprop plain, with momentum or centered). Stops
         after the first step whose loss is not finite, as ``fit`` does.
 
         Shapes:
@@ -157,7 +158,8 @@ class Backend:
             the number of steps run.
         """
         rule, state, scalars = updates
-        if rule not in ("adam", "sgd", "momentum", "nesterov"):
+        if rule not in ("adam", "sgd", "momentum", "nesterov", "rmsprop", "rmsprop_momentum",
+                        "rmsprop_centered"):
             raise ValueError(f"dense_stack_train: unknown update rule {rule!r}")
         batch = plan.x.shape[0]
         for s in range(losses.size):
@@ -172,6 +174,12 @@ class Backend:
             k = scalars[s]
             if rule == "adam":
                 self.adam_update(plan.params, plan.grads, *state, *k)
+            elif rule.startswith("rmsprop"):
+                extra = state[1] if len(state) > 1 else None
+                self.rmsprop_update(plan.params, plan.grads, state[0], *k[:4],
+                                    momentum=k[4] if rule == "rmsprop_momentum" else None,
+                                    velocity=extra if rule == "rmsprop_momentum" else None,
+                                    mean_grad=extra if rule == "rmsprop_centered" else None)
             elif rule == "sgd":
                 self.sgd_update(plan.params, plan.grads, k[0])
             else:

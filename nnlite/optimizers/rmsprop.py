@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from nnlite.backend import get_backend
 from nnlite.optimizers.base import Optimizer
 
@@ -44,6 +46,20 @@ class RMSprop(Optimizer):
         if self.centered:
             names += ("average_gradient",)
         return names
+
+    def compiled_updates(self, param, steps):
+        if self.momentum > 0 and self.centered:  # three state arrays: the loops take two
+            return None
+        rows = [(lr, self.rho, 1 - self.rho, self.epsilon, self.momentum)
+                for lr in self._learning_rates(steps)]
+        state = self._state(param)
+        if self.momentum > 0:
+            rule, states = "rmsprop_momentum", (state["velocity"], state["momentum"])
+        elif self.centered:
+            rule, states = "rmsprop_centered", (state["velocity"], state["average_gradient"])
+        else:
+            rule, states = "rmsprop", (state["velocity"],)
+        return rule, states, np.array(rows, dtype=param.dtype).reshape(steps, 5)
 
     def update_step(self, grad, param, state, lr):
         t = param.dtype.type
