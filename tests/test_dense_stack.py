@@ -293,7 +293,7 @@ def test_compiled_loop_trains_as_python_steps(backend, float64, optimizer, case,
         np.testing.assert_array_equal(a, b)  # the same kernels in the same order
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "nesterov"])
+@pytest.mark.parametrize("optimizer", ["adam", "nesterov", "rmsprop-momentum"])
 def test_compiled_loop_float32(backend, optimizer):
     looped = _fit_loop(backend.name, optimizer, dtype="float32")
     stepped = _fit_loop(backend.name, optimizer, dtype="float32", callbacks=[_EveryBatch()])
