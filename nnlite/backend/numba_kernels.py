@@ -485,6 +485,7 @@ def gather_rows(data, index, out):
 
 #: Update rules the compiled loop knows; ``scalars[s]`` holds step s's values, in this order:
 #:     sgd (lr)   momentum, nesterov (lr, μ)   adam (alpha_t, 1 − β₁, 1 − β₂, ε̂)
+#:     rmsprop, rmsprop_momentum, rmsprop_centered (lr, ρ, 1 − ρ, ε, μ)
 SGD, MOMENTUM, NESTEROV, ADAM, RMSPROP, RMSPROP_MOMENTUM, RMSPROP_CENTERED = range(7)
 RULES = {"sgd": SGD, "momentum": MOMENTUM, "nesterov": NESTEROV, "adam": ADAM,
          "rmsprop": RMSPROP, "rmsprop_momentum": RMSPROP_MOMENTUM,
