@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nnlite
+
 if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("keras") is None:
     pytest.skip("tensorflow/keras are not installed", allow_module_level=True)
 
@@ -137,18 +139,9 @@ def relu_kink(directory, group: str, spec: dict) -> str | None:
                         at = np.unravel_index(ratio.argmin(), ratio.shape)
                         return (f"step {step}, layer {layer}: z = {z[at]:.2g}, "
                                 f"scale {scale[at]:.2g}")
-                a = ACTIVATIONS[act](z)
+                a = nnlite.activations.get(act)(z)
             model.train_on_batch(x[rows], y[rows])
     return None
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-ACTIVATIONS = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "linear": lambda z: z,
-               "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "softmax": _softmax}
 
 
 def test_relu_kink_finds_the_known_case(tmp_path):

@@ -185,14 +185,9 @@ def _compile_config(model) -> dict:
 
 def _packing_groups(model) -> list:
     """The weight indices (``model.weights`` order) of each packed parameter vector, in the
-    order ``Sequential._pack_parameters`` packs them: trainable weights by dtype."""
+    order ``Sequential._pack_parameters`` packs them."""
     index = {id(w): i for i, w in enumerate(model.weights)}
-    groups: dict = {}
-    for layer in model.layers:
-        if layer.trainable:
-            for param in layer.params.values():
-                groups.setdefault(np.dtype(param.dtype), []).append(index[id(param)])
-    return list(groups.values())
+    return [[index[id(param)] for _, _, param in group] for group in model._trainable_groups()]
 
 
 def _optimizer_arrays(model) -> dict:

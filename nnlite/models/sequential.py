@@ -354,13 +354,9 @@ class Sequential:
                tuple((id(layer), layer.trainable) for layer in self.layers))
         if key == self._packed_key:
             return
-        groups: dict = {}
-        for layer in self.layers:
-            if layer.trainable:
-                for name, param in layer.params.items():
-                    groups.setdefault(np.dtype(param.dtype), []).append((layer, name, param))
         packed = []
-        for dtype, items in groups.items():
+        for items in self._trainable_groups():
+            dtype = items[0][2].dtype
             total = sum(int(param.size) for _, _, param in items)
             flat = backend.xp.empty(total, dtype=dtype)
             flat_grad = backend.xp.zeros(total, dtype=dtype)
@@ -374,6 +370,16 @@ class Sequential:
                 start = stop
             packed.append((flat_grad, flat))
         self._packed, self._packed_key = packed, key
+
+    def _trainable_groups(self) -> list:
+        """The trainable parameters as ``(layer, name, param)``, grouped by dtype, layer by
+        layer: the order in which :meth:`_pack_parameters` packs each group into one vector."""
+        groups: dict = {}
+        for layer in self.layers:
+            if layer.trainable:
+                for name, param in layer.params.items():
+                    groups.setdefault(np.dtype(param.dtype), []).append((layer, name, param))
+        return list(groups.values())
 
     @contextmanager
     def _loop(self, training: bool, batch_size: int | None = None):
